@@ -1,0 +1,208 @@
+//! Links: find, create bridges and veth pairs, set state, delete.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
+    LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+
+use super::{errno, Netlink};
+
+/// What the plugin needs to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Interface name.
+    pub name: String,
+    /// MTU.
+    pub mtu: u32,
+    /// MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up.
+    pub up: bool,
+    /// Index of the bridge this link is a port of.
+    pub master: Option<u32>,
+    /// Link kind, e.g. "bridge" or "veth".
+    pub kind: Option<String>,
+    /// For bridge ports: hairpin mode.
+    pub hairpin: Option<bool>,
+}
+
+impl Link {
+    fn from_message(msg: LinkMessage) -> Self {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mtu: 0,
+            mac: None,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            master: None,
+            kind: None,
+            hairpin: None,
+        };
+        for attr in msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n,
+                LinkAttribute::Mtu(m) => link.mtu = m,
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut mac = [0u8; 6];
+                    mac.copy_from_slice(&a);
+                    link.mac = Some(mac);
+                }
+                LinkAttribute::Controller(m) => link.master = Some(m),
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        match info {
+                            LinkInfo::Kind(k) => link.kind = Some(k.to_string()),
+                            LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
+                                for p in port {
+                                    if let InfoBridgePort::HairpinMode(h) = p {
+                                        link.hairpin = Some(h);
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+fn up_header(msg: &mut LinkMessage) {
+    msg.header.flags = LinkFlags::Up;
+    msg.header.change_mask = LinkFlags::Up;
+}
+
+impl Netlink {
+    /// The link called `name`, if it exists.
+    pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if errno(&e) == libc::ENODEV => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every link in the namespace.
+    pub fn links(&mut self) -> io::Result<Vec<Link>> {
+        let replies = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Create a bridge that is up, with a fixed MAC: an address set explicitly
+    /// is never replaced by the kernel as ports come and go, so neighbours'
+    /// ARP caches stay right.
+    pub fn create_bridge(&mut self, name: &str, mtu: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        up_header(&mut msg);
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        msg.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Bridge,
+            )]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// Create a veth pair in one message: the host end up and enslaved to
+    /// `master`, the peer created directly inside the pod namespace `peer_ns`.
+    /// No interface is ever moved between namespaces. The peer is left down:
+    /// asking for it up in the same message fails with ENOTCONN (it would
+    /// open before its partner is registered), so the caller brings it up.
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_veth(
+        &mut self,
+        host: &str,
+        host_mac: [u8; 6],
+        peer: &str,
+        peer_mac: [u8; 6],
+        mtu: u32,
+        master: u32,
+        peer_ns: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let mut peer_msg = LinkMessage::default();
+        peer_msg
+            .attributes
+            .push(LinkAttribute::IfName(peer.to_owned()));
+        peer_msg.attributes.push(LinkAttribute::Mtu(mtu));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::Address(peer_mac.to_vec()));
+        peer_msg
+            .attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+
+        let mut msg = LinkMessage::default();
+        up_header(&mut msg);
+        msg.attributes.push(LinkAttribute::IfName(host.to_owned()));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        msg.attributes
+            .push(LinkAttribute::Address(host_mac.to_vec()));
+        msg.attributes.push(LinkAttribute::Controller(master));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Veth),
+            LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_msg))),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), NLM_F_CREATE | NLM_F_EXCL)
+            .map(drop)
+    }
+
+    /// Turn hairpin mode on for a bridge port, so a pod can reach itself
+    /// through a Service VIP. Addressed by name to save a lookup.
+    pub fn set_hairpin_by_name(&mut self, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        msg.attributes.push(LinkAttribute::LinkInfo(vec![
+            LinkInfo::PortKind(InfoPortKind::Bridge),
+            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                true,
+            )])),
+        ]));
+        self.request(RouteNetlinkMessage::NewLink(msg), 0).map(drop)
+    }
+
+    /// Bring a link up and set its MTU.
+    pub fn set_up_with_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        up_header(&mut msg);
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map(drop)
+    }
+
+    /// Delete the link called `name`; `Ok(false)` when it did not exist.
+    pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0) {
+            Ok(_) => Ok(true),
+            Err(e) if errno(&e) == libc::ENODEV => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
