@@ -4,7 +4,7 @@
 //! stop. [`run`] is the whole program; the modules are its concepts:
 //! the protocol ([`env`], [`args`], [`config`], [`version`], [`result`],
 //! [`error`]), the address store ([`ipam`], [`attachment`]) and the kernel
-//! side ([`netlink`], [`netns`], [`bridge`], [`mac`]).
+//! side ([`netlink`], [`netns`], [`bridge`], [`mac`], [`reaper`]).
 //!
 //! The node agent reads attachments through [`ipam::store::read_attachments`].
 
@@ -19,6 +19,7 @@ pub mod ipam;
 pub mod mac;
 pub mod netlink;
 pub mod netns;
+pub mod reaper;
 pub mod result;
 pub mod version;
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 
 use cni_testbed::{Netns, PluginCall};
-use common::{addrs, link_details, path, ping, result_ip, with_prev, Node};
+use common::{addrs, eventually, link_details, path, ping, result_ip, with_prev, Node};
 use serde_json::{json, Value};
 
 fn lifecycle(ranges: Value, expect: &[&str]) {
@@ -55,8 +55,12 @@ fn lifecycle(ranges: Value, expect: &[&str]) {
 
     node.del(&conf, "c1", path(&pod), "eth0");
     assert!(node.reserved().is_empty());
-    assert!(node.host_veths().is_empty());
-    assert!(addrs(&pod, "eth0").is_empty(), "pod interface removed");
+    assert!(
+        node.up_host_veths().is_empty(),
+        "DEL cuts the pod off before it returns"
+    );
+    node.wait_no_host_veths();
+    eventually("pod interface removed", || addrs(&pod, "eth0").is_empty());
     node.del(&conf, "c1", path(&pod), "eth0");
 }
 
@@ -86,11 +90,9 @@ fn del_twice_and_del_with_an_empty_netns_release_the_ip() {
     node.add(&conf, "c1", &pod, "eth0");
     node.del(&conf, "c1", "", "eth0");
     assert!(node.reserved().is_empty());
-    assert!(
-        node.host_veths().is_empty(),
-        "host veth removed without the netns"
-    );
-    assert!(addrs(&pod, "eth0").is_empty(), "its peer went with it");
+    assert!(node.up_host_veths().is_empty(), "cut off without the netns");
+    node.wait_no_host_veths();
+    eventually("its peer went with it", || addrs(&pod, "eth0").is_empty());
     node.del(&conf, "c1", "", "eth0");
     node.del(&conf, "c1", path(&pod), "eth0");
 }
@@ -105,7 +107,22 @@ fn del_after_the_netns_vanished_releases_the_ip() {
     drop(pod);
     node.del(&conf, "c1", &netns, "eth0");
     assert!(node.reserved().is_empty());
-    assert!(node.host_veths().is_empty());
+    node.wait_no_host_veths();
+}
+
+#[test]
+fn add_right_after_del_of_the_same_attachment_succeeds() {
+    // A runtime retrying: ADD, DEL, ADD again with the same key and netns,
+    // while the first link may still be being reaped.
+    let node = Node::new("readd");
+    let conf = node.v4();
+    let pod = node.pod();
+    for _ in 0..5 {
+        node.add(&conf, "c1", &pod, "eth0");
+        node.del(&conf, "c1", path(&pod), "eth0");
+    }
+    assert!(node.reserved().is_empty());
+    node.wait_no_host_veths();
 }
 
 #[test]
@@ -305,7 +322,8 @@ fn gc_releases_exactly_what_is_not_listed_and_sweeps_strays() {
     // GC with no list at all (what cnitool sends) releases everything.
     assert!(node.call(&PluginCall::new("GC", conf.clone())).success());
     assert!(node.reserved().is_empty());
-    assert!(node.host_veths().is_empty());
+    assert!(node.up_host_veths().is_empty());
+    node.wait_no_host_veths();
 }
 
 #[test]
@@ -343,6 +361,7 @@ fn hairpin_mtu_and_a_pinned_bridge_mac_are_set_on_the_links() {
         node.add(&conf, &format!("c{i}"), p, "eth0");
     }
     node.del(&conf, "c0", path(&pods[0]), "eth0");
+    eventually("c0's veth reaped", || node.host_veths().len() == 2);
 
     let bridge = link_details(&node.ns, &node.bridge);
     assert_eq!(bridge["mtu"], 1400);
@@ -538,5 +557,6 @@ fn concurrent_adds_never_share_an_address() {
         }
     });
     assert!(node.reserved().is_empty());
-    assert!(node.host_veths().is_empty());
+    assert!(node.up_host_veths().is_empty());
+    node.wait_no_host_veths();
 }

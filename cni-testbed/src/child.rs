@@ -34,7 +34,13 @@ pub(crate) fn communicate(
     stderr: Option<ChildStderr>,
     deadline: Instant,
 ) -> io::Result<(Vec<u8>, Vec<u8>)> {
-    let mut stdin = if input.is_empty() { None } else { stdin };
+    // Nothing to send: close the pipe now, or the child waits for EOF forever.
+    let mut stdin = if input.is_empty() {
+        drop(stdin);
+        None
+    } else {
+        stdin
+    };
     let mut stdout = stdout;
     let mut stderr = stderr;
     for fd in [

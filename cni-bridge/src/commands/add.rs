@@ -20,7 +20,7 @@ use crate::config::NetConf;
 use crate::env::Invocation;
 use crate::error::{CniError, ErrorCode};
 use crate::ipam::allocator::{allocate, Allocation};
-use crate::ipam::store::LockedStore;
+use crate::ipam::store::{read_state, LockedStore};
 use crate::mac::{format_mac, host_veth_mac, pod_mac};
 use crate::netlink::{errno, Netlink};
 use crate::netns::open_netns;
@@ -43,17 +43,16 @@ pub fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult, CniError> {
             ),
         )
     })?;
-    // Refuse before reserving anything, so a refused ADD leaves no state.
-    if pod_nl
-        .link_by_name(&inv.ifname)
-        .map_err(|e| CniError::io("looking up the pod interface", e))?
-        .is_some()
-    {
-        return Err(interface_exists(inv, netns_path));
-    }
     let mut host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", e))?;
-
     let host_veth = host_veth_name(&key);
+    // Refuse before reserving anything, so a refused ADD leaves no state.
+    if pod_has_interface(&mut pod_nl, inv)? {
+        finish_previous_del(&mut host_nl, conf, &key, &host_veth)?;
+        if pod_has_interface(&mut pod_nl, inv)? {
+            return Err(interface_exists(inv, netns_path));
+        }
+    }
+
     let allocations = reserve(inv, conf, &key, &host_veth)?;
     match attach(
         inv,
@@ -88,6 +87,34 @@ fn open_pod_netns(path: &Path) -> Result<File, CniError> {
         )
         .details("the pod's network namespace must exist while ADD runs")
     })
+}
+
+fn pod_has_interface(pod_nl: &mut Netlink, inv: &Invocation) -> Result<bool, CniError> {
+    pod_nl
+        .link_by_name(&inv.ifname)
+        .map(|l| l.is_some())
+        .map_err(|e| CniError::io("looking up the pod interface", e))
+}
+
+/// An ADD right after a DEL of the same attachment (a runtime retrying) can
+/// find the old link still being reaped: its host end is down and no record
+/// holds it. It is this attachment's by name, so delete it now.
+fn finish_previous_del(
+    host_nl: &mut Netlink,
+    conf: &NetConf,
+    key: &AttachmentKey,
+    host_veth: &str,
+) -> Result<(), CniError> {
+    let isolated = host_nl
+        .link_by_name(host_veth)
+        .map_err(|e| CniError::io("looking up the host veth", e))?
+        .is_some_and(|l| !l.up);
+    if isolated && read_state(&conf.state_dir())?.find(key).is_none() {
+        host_nl
+            .delete_link(host_veth)
+            .map_err(|e| CniError::io(format!("removing the previous {host_veth}"), e))?;
+    }
+    Ok(())
 }
 
 fn interface_exists(inv: &Invocation, netns: &Path) -> CniError {

@@ -195,6 +195,14 @@ impl Netlink {
         self.request(RouteNetlinkMessage::SetLink(msg), 0).map(drop)
     }
 
+    /// Take the link called `name` down (ENODEV when it does not exist).
+    pub fn set_down_by_name(&mut self, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        msg.header.change_mask = LinkFlags::Up;
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map(drop)
+    }
+
     /// Delete the link called `name`; `Ok(false)` when it did not exist.
     pub fn delete_link(&mut self, name: &str) -> io::Result<bool> {
         let mut msg = LinkMessage::default();

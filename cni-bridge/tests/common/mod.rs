@@ -175,3 +175,35 @@ pub fn result_ip(result: &Value, i: usize) -> String {
     let a = result["ips"][i]["address"].as_str().expect("address");
     a.split('/').next().unwrap_or(a).to_owned()
 }
+
+/// Wait up to 5 s for `cond`; DEL leaves the kernel's slow link deletion to
+/// a detached process, so "the link is gone" is eventually true, not at once.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 5 s: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+impl Node {
+    /// Wait until no host veth of this plugin is left in the node.
+    pub fn wait_no_host_veths(&self) {
+        eventually("every host veth deleted", || self.host_veths().is_empty());
+    }
+
+    /// Host veths that are up (DEL must never leave one up).
+    pub fn up_host_veths(&self) -> Vec<String> {
+        self.host_veths()
+            .into_iter()
+            .filter(|v| {
+                link_details(&self.ns, v)["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.contains(&json!("UP")))
+            })
+            .collect()
+    }
+}

@@ -134,6 +134,25 @@ pub fn node_leftovers(node: &Netns, bridge: &str) -> io::Result<Vec<String>> {
         .collect())
 }
 
+/// Pod links in the node that are still administratively up.
+pub fn node_links_up(node: &Netns, bridge: &str) -> io::Result<Vec<String>> {
+    let links = node.ip_json(&["link", "show"])?;
+    Ok(links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| {
+            let name = l["ifname"].as_str().unwrap_or_default();
+            name != "lo"
+                && name != bridge
+                && l["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "UP"))
+        })
+        .map(|l| format!("interface {}", l["ifname"].as_str().unwrap_or_default()))
+        .collect())
+}
+
 /// Addresses still reserved in `data_dir` after every DEL.
 ///
 /// host-local: one file per reserved IP under `<dataDir>/<network>/` (its

@@ -75,6 +75,12 @@ fn rows(sides: [Option<&SideReport>; 2], c: usize) -> Vec<Row> {
     add("duplicate IPs".into(), 0, false, None, &|s| {
         Some(s.duplicates as f64)
     });
+    add("links gone, serial (ms)".into(), 1, false, None, &|s| {
+        Some(s.teardown_ms[0])
+    });
+    add(format!("links gone, @{c} (ms)"), 1, false, None, &|s| {
+        Some(s.teardown_ms[1])
+    });
     add("leftovers".into(), 0, false, None, &|s| {
         Some(s.leftovers.len() as f64)
     });

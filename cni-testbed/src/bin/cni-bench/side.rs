@@ -42,6 +42,9 @@ pub struct SideReport {
     pub duplicates: usize,
     /// Interfaces or reservations left after DEL.
     pub leftovers: Vec<String>,
+    /// After the serial / concurrent DEL phase: ms until the node had no
+    /// pod links left (tailroute-bridge deletes links in the background).
+    pub teardown_ms: [f64; 2],
     /// (files, bytes) in dataDir at the end.
     pub data_dir_listing: (usize, u64),
 }
@@ -57,19 +60,35 @@ impl SideReport {
     }
 }
 
-/// A fresh directory under /tmp for the IPAM state, removed on drop.
+/// A fresh tmpfs for the IPAM state, unmounted and removed on drop.
+///
+/// Both sides get the same kind of dataDir: tmpfs, which is where
+/// tailroute-bridge keeps its state by default (`/run`). The reference's
+/// default (`/var/lib/cni`) is on disk, so this only ever helps the reference.
 struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> io::Result<TempDir> {
         let p = std::env::temp_dir().join(format!("trtb-bench-{}", unique_suffix()));
         std::fs::create_dir(&p)?;
-        Ok(TempDir(p))
+        let dir = TempDir(p);
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs"])
+            .arg(&dir.0)
+            .status()?;
+        if !mounted.success() {
+            return Err(io::Error::other(format!(
+                "mounting a tmpfs on {} failed",
+                dir.0.display()
+            )));
+        }
+        Ok(dir)
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -257,6 +276,20 @@ fn del_phase(
     let batch = run_batch(s, &calls, workers)?;
     let (stats, _) = tally(rep, &format!("{label} DEL"), batch);
 
+    // A link still up after DEL would be a pod still on the bridge.
+    let up = checks::node_links_up(&s.node, &s.bridge)?;
+    rep.leftovers.extend(
+        up.into_iter()
+            .map(|l| format!("after {label} DEL: {l} still up")),
+    );
+    // Links may be deleted after DEL returns: wait (bounded) and say how long.
+    let started = std::time::Instant::now();
+    while !checks::node_leftovers(&s.node, &s.bridge)?.is_empty()
+        && started.elapsed() < std::time::Duration::from_secs(10)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    rep.teardown_ms[usize::from(label != "serial")] = started.elapsed().as_secs_f64() * 1000.0;
     let data_dir = s.config["ipam"]["dataDir"].as_str().unwrap_or_default();
     let mut left = checks::node_leftovers(&s.node, &s.bridge)?;
     left.extend(checks::ipam_leftovers(s.plugin.kind, Path::new(data_dir)));
