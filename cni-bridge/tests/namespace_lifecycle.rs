@@ -379,6 +379,14 @@ fn hairpin_mtu_and_a_pinned_bridge_mac_are_set_on_the_links() {
             "{veth} hairpin"
         );
         assert_eq!(d["master"], node.bridge.as_str());
+        let v6 = node
+            .ns
+            .ip_json(&["-6", "addr", "show", "dev", &veth])
+            .expect("ip");
+        assert!(
+            v6[0]["addr_info"].as_array().is_none_or(Vec::is_empty),
+            "{veth}: a bridge port has no IPv6 address"
+        );
     }
     for p in &pods[1..] {
         let d = link_details(p, "eth0");

@@ -227,11 +227,12 @@ fn attach(
         create(host_nl)
             .map_err(|e| CniError::io(format!("creating veth {host_veth} / {}", inv.ifname), e))?;
     }
-    if conf.hairpin {
-        host_nl
-            .set_hairpin_by_name(host_veth)
-            .map_err(|e| CniError::io(format!("enabling hairpin on {host_veth}"), e))?;
-    }
+    host_nl
+        .configure_bridge_port(host_veth, conf.hairpin)
+        .map_err(|e| CniError::io(format!("configuring bridge port {host_veth}"), e))?;
+    host_nl
+        .set_up_by_name(host_veth)
+        .map_err(|e| CniError::io(format!("bringing up {host_veth}"), e))?;
 
     let pod_if = pod_nl
         .link_by_name(&inv.ifname)

@@ -5,8 +5,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InfoBridgePort, InfoData, InfoKind, InfoPortData,
+    InfoPortKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 
@@ -129,11 +129,12 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Create a veth pair in one message: the host end up and enslaved to
-    /// `master`, the peer created directly inside the pod namespace `peer_ns`.
-    /// No interface is ever moved between namespaces. The peer is left down:
-    /// asking for it up in the same message fails with ENOTCONN (it would
-    /// open before its partner is registered), so the caller brings it up.
+    /// Create a veth pair in one message: the host end enslaved to `master`,
+    /// the peer created directly inside the pod namespace `peer_ns`. No
+    /// interface is ever moved between namespaces. Both ends are left down:
+    /// the host end is configured by [`Netlink::configure_bridge_port`]
+    /// first, and asking for the peer up in this message fails with ENOTCONN
+    /// (it would open before its partner is registered).
     #[allow(clippy::too_many_arguments)]
     pub fn create_veth(
         &mut self,
@@ -158,7 +159,6 @@ impl Netlink {
             .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
 
         let mut msg = LinkMessage::default();
-        up_header(&mut msg);
         msg.attributes.push(LinkAttribute::IfName(host.to_owned()));
         msg.attributes.push(LinkAttribute::Mtu(mtu));
         msg.attributes
@@ -172,18 +172,36 @@ impl Netlink {
             .map(drop)
     }
 
-    /// Turn hairpin mode on for a bridge port, so a pod can reach itself
-    /// through a Service VIP. Addressed by name to save a lookup.
-    pub fn set_hairpin_by_name(&mut self, name: &str) -> io::Result<()> {
+    /// Configure a new bridge port before it comes up: no IPv6 address
+    /// generation (a port needs none, and its DAD and MLD multicasts would be
+    /// flooded to every other pod on the bridge) and, when asked, hairpin
+    /// mode so a pod can reach itself through a Service VIP. The kernel
+    /// refuses the address mode in the creating message, and applies it
+    /// after the up flag in a combined one, hence a message of its own.
+    pub fn configure_bridge_port(&mut self, name: &str, hairpin: bool) -> io::Result<()> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        msg.attributes.push(LinkAttribute::LinkInfo(vec![
-            LinkInfo::PortKind(InfoPortKind::Bridge),
-            LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-                true,
-            )])),
-        ]));
+        msg.attributes
+            .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet6(
+                vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::None)],
+            )]));
+        if hairpin {
+            msg.attributes.push(LinkAttribute::LinkInfo(vec![
+                LinkInfo::PortKind(InfoPortKind::Bridge),
+                LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
+                    true,
+                )])),
+            ]));
+        }
         self.request(RouteNetlinkMessage::NewLink(msg), 0).map(drop)
+    }
+
+    /// Bring the link called `name` up.
+    pub fn set_up_by_name(&mut self, name: &str) -> io::Result<()> {
+        let mut msg = LinkMessage::default();
+        up_header(&mut msg);
+        msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        self.request(RouteNetlinkMessage::SetLink(msg), 0).map(drop)
     }
 
     /// Bring a link up and set its MTU.
