@@ -1,5 +1,6 @@
 //! Invoking a CNI plugin "on the node" and measuring it.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -51,8 +52,19 @@ impl PluginOutput {
 /// expired (the plugin is then killed; `ErrorKind::TimedOut`); a failing
 /// plugin is an `Ok` output with a non-zero `exit_code`.
 pub fn invoke(plugin: &Path, node: &Netns, call: &PluginCall) -> io::Result<PluginOutput> {
-    let mut cmd = Command::new(plugin);
-    cmd.env_clear()
+    invoke_argv(&[plugin.as_os_str()], node, call)
+}
+
+/// Like [`invoke`], but runs `argv` (a wrapper such as `/usr/bin/time` and
+/// its arguments, then the plugin); the wrapper must pass the environment
+/// and the standard streams through.
+pub fn invoke_argv(argv: &[&OsStr], node: &Netns, call: &PluginCall) -> io::Result<PluginOutput> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty argv"))?;
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
         .envs(call.environment())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

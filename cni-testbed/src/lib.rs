@@ -34,7 +34,7 @@ mod stats;
 
 pub use call::{PluginCall, Stdin, DEFAULT_CNI_PATH, DEFAULT_TIMEOUT};
 pub use enter::{command_in, enter_netns_on_spawn};
-pub use invoke::{invoke, PluginOutput};
+pub use invoke::{invoke, invoke_argv, PluginOutput};
 pub use names::{netns_name, unique_suffix, NETNS_PREFIX, SUFFIX_LEN};
 pub use netns::{reap_stale, set_lo_up, Netns, NETNS_DIR};
 pub use stats::percentile;

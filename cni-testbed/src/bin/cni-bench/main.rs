@@ -145,6 +145,7 @@ fn run(args: &args::Args) -> std::io::Result<bool> {
         reports[slot] = Some(side::run(p, &pods, args.concurrency)?);
         eprintln!("{} done in {:.1?}", p.label(), t.elapsed());
     }
+    let floor = rss_floor(&pods)?;
     drop(pods);
 
     println!();
@@ -163,6 +164,29 @@ fn run(args: &args::Args) -> std::io::Result<bool> {
     } else {
         println!("performance targets: n/a (needs both sides)");
     }
+    println!(
+        "peak RSS, own: each plugin under {} (floor: /bin/true measures {floor} KiB); \
+         ru_maxrss in runs also counts the forked harness's pages until exec",
+        side::RSS_LAUNCHER
+    );
     println!("correctness: {}", if clean { "OK" } else { "FAILED" });
     Ok(clean)
+}
+
+/// What the launcher itself reports for a child that only execs /bin/true.
+fn rss_floor(pods: &[cni_testbed::Netns]) -> std::io::Result<u64> {
+    let node = pods
+        .first()
+        .ok_or_else(|| std::io::Error::other("no pod namespaces"))?;
+    let out = node
+        .command(side::RSS_LAUNCHER)?
+        .args(["-f", "%M", "/bin/true"])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    Ok(text
+        .trim()
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0))
 }

@@ -66,7 +66,10 @@ fn rows(sides: [Option<&SideReport>; 2], c: usize) -> Vec<Row> {
     add("ADD/s serial".into(), 1, true, None, &|s| {
         Some(s.serial_add.per_sec)
     });
-    add("peak RSS (KiB)".into(), 0, true, None, &|s| {
+    add("peak RSS, own (KiB)".into(), 0, true, None, &|s| {
+        Some(s.own_peak_rss_kib as f64)
+    });
+    add("ru_maxrss in runs (KiB)".into(), 0, true, None, &|s| {
         Some(s.peak_rss_kib as f64)
     });
     add("failures".into(), 0, false, None, &|s| {

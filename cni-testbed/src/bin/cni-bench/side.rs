@@ -32,8 +32,13 @@ pub struct SideReport {
     pub conc_add: PhaseStats,
     /// DEL with the configured number of workers.
     pub conc_del: PhaseStats,
-    /// Max `ru_maxrss` over all invocations (KiB).
+    /// Max `ru_maxrss` over all timed invocations (KiB). Inflated by the
+    /// harness: a forked child's pre-exec pages count (see `own_peak_rss_kib`).
     pub peak_rss_kib: u64,
+    /// The plugin's own peak RSS (KiB): max over an untimed pass of ADDs and
+    /// DELs each run under `/usr/bin/time`, a small launcher, so no pages of
+    /// the harness are counted.
+    pub own_peak_rss_kib: u64,
     /// Calls that did not succeed, or results/data path not as configured.
     pub failures: usize,
     /// The first few failure descriptions.
@@ -130,9 +135,61 @@ pub fn run(plugin: &Plugin, pods: &[Netns], concurrency: usize) -> io::Result<Si
             (rep.conc_add, rep.conc_del) = (add, del);
         }
     }
+    rep.own_peak_rss_kib = own_peak_rss(&s)?;
     rep.data_dir_listing = checks::listing(&data_dir.0);
     Ok(rep)
 }
+
+/// Pods in the untimed peak-RSS pass.
+const RSS_PASS: usize = 10;
+
+/// ADD then DEL of a few pods, each under `/usr/bin/time -f %M`, which
+/// waits for the plugin itself and so reports its own peak (plus whatever it
+/// runs, such as host-local). Returns the largest, in KiB.
+fn own_peak_rss(s: &Setup) -> io::Result<u64> {
+    let out_file = std::env::temp_dir().join(format!("trtb-rss-{}", unique_suffix()));
+    let mut peak = 0;
+    let n = RSS_PASS.min(s.pods.len());
+    for cmd in ["ADD", "DEL"] {
+        for i in 0..n {
+            let argv = [
+                std::ffi::OsStr::new(RSS_LAUNCHER),
+                "-f".as_ref(),
+                "%M".as_ref(),
+                "-o".as_ref(),
+                out_file.as_os_str(),
+                s.plugin.binary.as_os_str(),
+            ];
+            let out = cni_testbed::invoke_argv(&argv, &s.node, &call(s, cmd, i, s.config.clone()))?;
+            let rss = std::fs::read_to_string(&out_file).unwrap_or_default();
+            let _ = std::fs::remove_file(&out_file);
+            if !out.success() {
+                return Err(io::Error::other(format!(
+                    "{cmd} under {RSS_LAUNCHER} failed: {}{}",
+                    out.stdout, out.stderr
+                )));
+            }
+            peak = peak.max(
+                rss.trim()
+                    .lines()
+                    .last()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(0),
+            );
+        }
+    }
+    // Let DEL's background link deletion finish before the node goes.
+    let started = std::time::Instant::now();
+    while !checks::node_leftovers(&s.node, &s.bridge)?.is_empty()
+        && started.elapsed().as_secs() < 10
+    {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    Ok(peak)
+}
+
+/// GNU time (Debian package `time`).
+pub const RSS_LAUNCHER: &str = "/usr/bin/time";
 
 fn pod_path(pod: &Netns) -> String {
     pod.path().to_string_lossy().into_owned()
