@@ -24,6 +24,7 @@ plugin:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p tailroute-bridge --target $(HOST_TRIPLE)
 
 demo: plugin
+	@scripts/install-test-deps.sh >/dev/null
 	scripts/demo.sh $(PLUGIN)
 
 # Unit tests run anywhere; the namespace, cnitool, crash and bad-input tiers

@@ -58,32 +58,30 @@ ip netns exec "$tag-pod1" ping -c 1 -W 2 10.244.7.1 | tail -n 1
 ip netns exec "$tag-pod1" ping -6 -c 1 -W 2 fd00:10:244:7::1 | tail -n 1
 
 step "CHECK pod1 against its ADD result"
-python3 - "$work" <<'PY'
-import json, sys
-work = sys.argv[1]
-conf = json.load(open(f"{work}/conf.json"))
-conf["prevResult"] = json.load(open(f"{work}/pod1.json"))
-json.dump(conf, open(f"{work}/check.json", "w"))
-PY
-plugin CHECK pod1 <"$work/check.json" && echo "CHECK: ok"
+with_key() { # FILE KEY JSON: the config with one more top-level key
+  local conf
+  conf=$(cat "$work/conf.json")
+  printf '%s, "%s": %s}\n' "${conf%\}*}" "$2" "$3" >"$1"
+}
+with_key "$work/check.json" prevResult "$(cat "$work/pod1.json")"
+plugin CHECK pod1 <"$work/check.json"
+echo "CHECK: ok"
 
 step "STATUS"
-plugin STATUS pod1 <"$work/conf.json" && echo "STATUS: ready for ADD"
+plugin STATUS pod1 <"$work/conf.json"
+echo "STATUS: ready for ADD"
 
 step "attachment records (what DEL, GC and tailroute-agent read)"
 cat "$work/ipam/demo/state.json"; echo
 
 step "DEL pod1 (its namespace still exists), GC with only pod2 valid"
-plugin DEL pod1 <"$work/conf.json" && echo "DEL: ok"
-python3 - "$work" <<'PY'
-import json, sys
-work = sys.argv[1]
-conf = json.load(open(f"{work}/conf.json"))
-conf["cni.dev/valid-attachments"] = [{"containerID": "pod2", "ifname": "eth0"}]
-json.dump(conf, open(f"{work}/gc.json", "w"))
-PY
-plugin GC pod2 <"$work/gc.json" && echo "GC: ok"
-plugin DEL pod2 <"$work/conf.json" && echo "DEL pod2: ok"
+plugin DEL pod1 <"$work/conf.json"
+echo "DEL: ok"
+with_key "$work/gc.json" cni.dev/valid-attachments '[{"containerID": "pod2", "ifname": "eth0"}]'
+plugin GC pod2 <"$work/gc.json"
+echo "GC: ok"
+plugin DEL pod2 <"$work/conf.json"
+echo "DEL pod2: ok"
 cat "$work/ipam/demo/state.json"; echo
 
 step "done: namespaces and files are removed on exit"
