@@ -6,7 +6,7 @@
 //! the bridge, so its addresses may be handed out again at once), releases
 //! the addresses, and leaves the deletion to a detached grandchild process.
 //! If that process never runs, the down link is harmless and is removed by
-//! the namespace's own teardown, by GC, or by the next ADD of the same key.
+//! the namespace's own teardown, by GC, or by the next ADD into that namespace.
 
 use std::fs::OpenOptions;
 use std::io;

@@ -126,6 +126,56 @@ fn add_right_after_del_of_the_same_attachment_succeeds() {
 }
 
 #[test]
+fn add_into_a_netns_whose_previous_link_is_still_being_reaped_succeeds() {
+    // What a DEL leaves until its background deletion finishes: a host port
+    // of ours, down, held by no record, whose peer is eth0 in the pod.
+    let node = Node::new("pending");
+    let conf = node.v4();
+    let pod = node.pod();
+    node.add(&conf, "first", &pod, "eth0"); // creates the bridge
+    node.del(&conf, "first", path(&pod), "eth0");
+    node.wait_no_host_veths();
+    let made = node
+        .ns
+        .exec(&[
+            "ip",
+            "link",
+            "add",
+            "trv0123456789ab",
+            "master",
+            &node.bridge,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod.name(),
+        ])
+        .expect("ip");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let r = node.add(&conf, "second", &pod, "eth0");
+    assert_eq!(
+        node.host_veths(),
+        [r["interfaces"][1]["name"].as_str().expect("veth")]
+    );
+
+    // An interface that is not such a leftover is never touched.
+    let live = node.pod();
+    node.add(&conf, "live", &live, "eth0");
+    let again = node.call(&PluginCall::add("other", path(&live), "eth0", conf.clone()));
+    assert_eq!(
+        again.json().expect("error")["code"],
+        102,
+        "a live pod's interface is refused, not replaced"
+    );
+}
+
+#[test]
 fn add_onto_an_existing_interface_fails_and_reserves_nothing() {
     let node = Node::new("exists");
     let conf = node.v4();

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 
 use super::key_of;
-use crate::attachment::{host_veth_name, Attachment, AttachmentKey, PodRef};
+use crate::attachment::{host_veth_name, Attachment, AttachmentKey, PodRef, HOST_VETH_PREFIX};
 use crate::bridge::ensure_bridge;
 use crate::config::NetConf;
 use crate::env::Invocation;
@@ -22,7 +22,7 @@ use crate::error::{CniError, ErrorCode};
 use crate::ipam::allocator::{allocate, Allocation};
 use crate::ipam::store::{read_state, LockedStore};
 use crate::mac::{format_mac, host_veth_mac, pod_mac};
-use crate::netlink::{errno, Netlink};
+use crate::netlink::{errno, Link, Netlink};
 use crate::netns::open_netns;
 use crate::result::{CniResult, Interface, IpConfig, Route};
 
@@ -46,9 +46,8 @@ pub fn add(inv: &Invocation, conf: &NetConf) -> Result<CniResult, CniError> {
     let mut host_nl = Netlink::new().map_err(|e| CniError::io("opening netlink", e))?;
     let host_veth = host_veth_name(&key);
     // Refuse before reserving anything, so a refused ADD leaves no state.
-    if pod_has_interface(&mut pod_nl, inv)? {
-        finish_previous_del(&mut host_nl, conf, &key, &host_veth)?;
-        if pod_has_interface(&mut pod_nl, inv)? {
+    if let Some(existing) = pod_interface(&mut pod_nl, inv)? {
+        if !finish_pending_del(&mut host_nl, conf, &existing)? {
             return Err(interface_exists(inv, netns_path));
         }
     }
@@ -89,32 +88,41 @@ fn open_pod_netns(path: &Path) -> Result<File, CniError> {
     })
 }
 
-fn pod_has_interface(pod_nl: &mut Netlink, inv: &Invocation) -> Result<bool, CniError> {
+fn pod_interface(pod_nl: &mut Netlink, inv: &Invocation) -> Result<Option<Link>, CniError> {
     pod_nl
         .link_by_name(&inv.ifname)
-        .map(|l| l.is_some())
         .map_err(|e| CniError::io("looking up the pod interface", e))
 }
 
-/// An ADD right after a DEL of the same attachment (a runtime retrying) can
-/// find the old link still being reaped: its host end is down and no record
-/// holds it. It is this attachment's by name, so delete it now.
-fn finish_previous_del(
+/// The pod already has an interface by this name. If it is the far end of
+/// one of this plugin's bridge ports that a DEL has cut off (down, held by
+/// no record) and is still reaping, delete it now and return true: a
+/// runtime may ADD into the same namespace right after DEL. Anything else
+/// is left alone (false).
+fn finish_pending_del(
     host_nl: &mut Netlink,
     conf: &NetConf,
-    key: &AttachmentKey,
-    host_veth: &str,
-) -> Result<(), CniError> {
-    let isolated = host_nl
-        .link_by_name(host_veth)
-        .map_err(|e| CniError::io("looking up the host veth", e))?
-        .is_some_and(|l| !l.up);
-    if isolated && read_state(&conf.state_dir())?.find(key).is_none() {
-        host_nl
-            .delete_link(host_veth)
-            .map_err(|e| CniError::io(format!("removing the previous {host_veth}"), e))?;
+    existing: &Link,
+) -> Result<bool, CniError> {
+    let Some(peer_index) = existing.peer_index else {
+        return Ok(false);
+    };
+    let lookup = |e| CniError::io("looking up the pod interface's peer", e);
+    let Some(peer) = host_nl.link_by_index(peer_index).map_err(lookup)? else {
+        return Ok(false);
+    };
+    let ours = peer.name.starts_with(HOST_VETH_PREFIX) && peer.kind.as_deref() == Some("veth");
+    if !ours || peer.up {
+        return Ok(false);
     }
-    Ok(())
+    let state = read_state(&conf.state_dir())?;
+    if state.attachments.iter().any(|a| a.host_veth == peer.name) {
+        return Ok(false);
+    }
+    host_nl
+        .delete_link(&peer.name)
+        .map_err(|e| CniError::io(format!("removing {} left by a DEL", peer.name), e))?;
+    Ok(true)
 }
 
 fn interface_exists(inv: &Invocation, netns: &Path) -> CniError {

@@ -31,6 +31,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// For bridge ports: hairpin mode.
     pub hairpin: Option<bool>,
+    /// For veths: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
 }
 
 impl Link {
@@ -44,6 +46,7 @@ impl Link {
             master: None,
             kind: None,
             hairpin: None,
+            peer_index: None,
         };
         for attr in msg.attributes {
             match attr {
@@ -55,6 +58,7 @@ impl Link {
                     link.mac = Some(mac);
                 }
                 LinkAttribute::Controller(m) => link.master = Some(m),
+                LinkAttribute::Link(i) => link.peer_index = Some(i),
                 LinkAttribute::LinkInfo(infos) => {
                     for info in infos {
                         match info {
@@ -87,6 +91,20 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+                _ => None,
+            })),
+            Err(e) if errno(&e) == libc::ENODEV => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The link with index `index`, if it exists.
+    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
         match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
             Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
                 RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
