@@ -16,6 +16,24 @@ struct Case {
     call: PluginCall,
 }
 
+/// A plain file to pass as CNI_NETNS; removed on drop, also when the test fails.
+struct PlainFile(std::path::PathBuf);
+
+impl PlainFile {
+    fn new() -> Self {
+        let p =
+            std::env::temp_dir().join(format!("trb-not-netns-{}", cni_testbed::unique_suffix()));
+        std::fs::write(&p, b"").expect("plain file");
+        PlainFile(p)
+    }
+}
+
+impl Drop for PlainFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn set(mut v: Value, key: &str, value: Value) -> Value {
     v[key] = value;
     v
@@ -42,9 +60,8 @@ fn malformed_configs_and_environments_get_the_right_code_and_leave_nothing() {
     let netns = path(&pod).to_owned();
     let good = node.v4();
     let add = |conf: Value| PluginCall::add("bad1", &netns, "eth0", conf);
-    let not_a_netns = std::env::temp_dir().join(format!("trb-not-netns-{}", std::process::id()));
-    std::fs::write(&not_a_netns, b"").expect("plain file");
-    let plain_file = not_a_netns.to_str().expect("utf-8").to_owned();
+    let not_a_netns = PlainFile::new();
+    let plain_file = not_a_netns.0.to_str().expect("utf-8").to_owned();
 
     let cases = vec![
         Case {
@@ -363,7 +380,6 @@ fn malformed_configs_and_environments_get_the_right_code_and_leave_nothing() {
             ));
         }
     }
-    let _ = std::fs::remove_file(&not_a_netns);
     assert!(
         failures.is_empty(),
         "{} of {} cases wrong:\n{}",
