@@ -30,6 +30,9 @@ impl Node {
     /// A fresh node; panics (fails the test) when not root.
     pub fn new(tag: &str) -> Node {
         require_root();
+        // Namespaces of an earlier run that was killed outright (no Drop ran):
+        // only those whose creating process is gone.
+        let _ = cni_testbed::reap_stale();
         let ns = Netns::create(tag).expect("create node netns");
         let suffix = unique_suffix();
         let data_dir = std::env::temp_dir().join(format!("trb-it-{suffix}"));
