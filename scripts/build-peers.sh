@@ -24,7 +24,7 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-# shellcheck source=peers.env
+# shellcheck source-path=SCRIPTDIR source=peers.env
 . "$here/peers.env"
 
 CACHE=${TAILROUTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailroute}
@@ -103,6 +103,12 @@ mod_field() {
   printf '%s\n' "$json" | sed -n "s/^[[:space:]]*\"$2\": \"\(.*\)\",\{0,1\}\$/\1/p" | head -n1
 }
 
+# The upstream commit of MODULE@VERSION, when the proxy's .info records it
+# (proxy.golang.org's does for most modules); empty otherwise.
+commit_of() {
+  go list -m -f '{{with .Origin}}{{.Hash}}{{end}}' "$1" 2>/dev/null || true
+}
+
 # --- builders: each fills the directory $1 (a fresh .tmp) -----------------
 
 build_tailscale() {
@@ -110,20 +116,19 @@ build_tailscale() {
   # build reports "1.98.10-ERR-BuildInfo" (to `tailscale version` and, as
   # Hostinfo.IPNVersion, to the control server).
   local v=$TAILSCALE_VERSION commit
-  commit=$(mod_field "tailscale.com@$v" Hash)
+  commit=$(commit_of "tailscale.com@$v")
   GOBIN="$1" GOFLAGS="$GOFLAGS_BASE -mod=mod" go install -trimpath -ldflags="-s -w \
     -X tailscale.com/version.shortStamp=${v#v} \
     -X tailscale.com/version.longStamp=${v#v}${commit:+-t${commit:0:9}} \
-    -X tailscale.com/version.gitCommitStamp=$commit" \
+    ${commit:+-X tailscale.com/version.gitCommitStamp=$commit}" \
     "tailscale.com/cmd/tailscaled@$v" "tailscale.com/cmd/tailscale@$v"
 }
 
 build_headscale() {
   # Not `go install ...@version`: that also fetches the module's version list
-  # to look for a deprecation notice, and a proxy that refuses the list (this
-  # CI's proxy answers 403 for headscale's) makes it fail. A wrapper module
-  # only fetches the pinned version. (`headscale version` then says "dev":
-  # headscale takes its version from the main module's build info.)
+  # to look for a deprecation notice, and a proxy that refuses the list (the Go
+  # module proxy here answers 403 for headscale's) makes it fail. A wrapper module
+  # only fetches the pinned version (`headscale version` still reports it).
   local out=$1 mod=$1/module v=$HEADSCALE_VERSION gomod
   mkdir -p "$mod"
   gomod=$(mod_field "github.com/juanfont/headscale@$v" GoMod)
@@ -151,7 +156,7 @@ build_kubernetes() {
   mkdir -p "$mod"
   gomod=$(mod_field "k8s.io/kubernetes@$v" GoMod)
   [ -f "$gomod" ] || die "no go.mod for k8s.io/kubernetes@$v"
-  commit=$(mod_field "k8s.io/kubernetes@$v" Hash)
+  commit=$(commit_of "k8s.io/kubernetes@$v")
   date=$(go list -m -f '{{if .Time}}{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}{{end}}' "k8s.io/kubernetes@$v" 2>/dev/null || true)
   # Staging modules: required at v0.0.0 and/or replaced with ./staging/... in
   # that version's go.mod. Each is published on its own as v0.<minor>.<patch>.
@@ -197,7 +202,7 @@ build_etcd() {
   mkdir -p "$mod"
   gomod=$(mod_field "go.etcd.io/etcd/server/v3@$v" GoMod)
   [ -f "$gomod" ] || die "no go.mod for go.etcd.io/etcd/server/v3@$v"
-  commit=$(mod_field "go.etcd.io/etcd/server/v3@$v" Hash)
+  commit=$(commit_of "go.etcd.io/etcd/server/v3@$v")
   # server/v3 and etcdctl/v3 replace their sibling modules with ../api etc.;
   # here every go.etcd.io/etcd module comes from the proxy at the same version.
   cat >"$mod/go.mod" <<EOF
@@ -212,7 +217,7 @@ require (
 )
 EOF
   (cd "$mod" && GOFLAGS="$GOFLAGS_BASE -mod=mod" go build -trimpath \
-    -ldflags="-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=${commit:0:10}" -o "$out/" \
+    -ldflags="-s -w${commit:+ -X go.etcd.io/etcd/api/v3/version.GitSHA=${commit:0:10}}" -o "$out/" \
     go.etcd.io/etcd/server/v3 go.etcd.io/etcd/etcdctl/v3)
   # go build names a main package ending in /v3 after the element before it.
   mv "$out/server" "$out/etcd"

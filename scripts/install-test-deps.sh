@@ -8,7 +8,9 @@
 # Prints nothing on success but the cnitool path on the last line.
 set -euo pipefail
 
-CNITOOL_VERSION=v1.3.0
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source-path=SCRIPTDIR source=peers.env
+. "$here/peers.env"   # CNITOOL_VERSION, shared with build-peers.sh
 CACHE=${TAILROUTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailroute}
 CNITOOL_DIR=$CACHE/tools/cnitool-$CNITOOL_VERSION
 
@@ -26,8 +28,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq >&2 || die "apt-get update failed"
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed"
 fi
-[ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] \
-  || die "/usr/lib/cni/bridge or host-local missing after installing containernetworking-plugins"
+if [ ! -x /usr/lib/cni/bridge ] || [ ! -x /usr/lib/cni/host-local ]; then
+  die "/usr/lib/cni/bridge or host-local missing after installing containernetworking-plugins"
+fi
 
 if [ ! -x "$CNITOOL_DIR/cnitool" ]; then
   command -v go >/dev/null 2>&1 \
