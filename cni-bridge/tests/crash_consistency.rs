@@ -173,6 +173,12 @@ fn sigkill_during_add_never_duplicates_an_ip_or_leaks() {
         });
     eprintln!("crash test: seed {seed} (set CRASH_SEED to replay), ADD takes about {add_time:?}");
     let mut rng = Rng(seed);
+    // Kill times are drawn from [0, window]. The window adapts (narrower
+    // after an ADD that finished, wider after a kill), so kills keep landing
+    // throughout ADD even when the machine's speed changes during the run.
+    let calibrated = u64::try_from(add_time.as_micros()).unwrap_or(u64::MAX);
+    let mut window_us = calibrated * 13 / 10;
+    let max_window_us = calibrated.saturating_mul(10);
 
     // What the runtime believes is attached, per pod.
     let mut attached: Vec<Option<String>> = vec![None; PODS];
@@ -181,7 +187,7 @@ fn sigkill_during_add_never_duplicates_an_ip_or_leaks() {
     while killed < KILLS {
         k += 1;
         assert!(
-            k < KILLS * 4,
+            k < KILLS * 10,
             "too few ADDs were killed mid-way: {killed} kills in {k} ADDs"
         );
         let p = k % PODS;
@@ -189,9 +195,11 @@ fn sigkill_during_add_never_duplicates_an_ip_or_leaks() {
             node.del(&conf, &prev, path(&pods[p]), "eth0");
         }
         let id = format!("k{k}");
-        let after = Duration::from_micros(rng.below(add_time.as_micros() as u64 * 13 / 10 + 1));
+        let after = Duration::from_micros(rng.below(window_us + 1));
         match add_killed_after(&node, &conf, &id, &pods[p], after) {
             Outcome::Finished => {
+                // Too slow a kill: aim earlier next time.
+                window_us = (window_us * 9 / 10).max(100);
                 finished += 1;
                 attached[p] = Some(id);
             }
@@ -201,6 +209,7 @@ fn sigkill_during_add_never_duplicates_an_ip_or_leaks() {
                 node.del(&conf, &id, path(&pods[p]), "eth0");
             }
             Outcome::Killed => {
+                window_us = (window_us * 21 / 20).min(max_window_us);
                 killed += 1;
                 if rng.below(2) == 0 {
                     node.del(&conf, &id, path(&pods[p]), "eth0");
