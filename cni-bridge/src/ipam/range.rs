@@ -128,11 +128,6 @@ impl RangeSet {
         self.0.iter().find(|r| r.can_hold(ip))
     }
 
-    /// The range whose subnet contains `ip` (gateway lookups for results).
-    pub fn range_containing(&self, ip: IpAddr) -> Option<&Range> {
-        self.0.iter().find(|r| r.subnet.contains(&ip))
-    }
-
     /// A stable key for this set in the store (its first subnet).
     pub fn key(&self) -> String {
         self.0

@@ -81,6 +81,14 @@ impl Link {
     }
 }
 
+/// The links among netlink replies.
+fn links_in(replies: Vec<RouteNetlinkMessage>) -> impl Iterator<Item = Link> {
+    replies.into_iter().filter_map(|m| match m {
+        RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
+        _ => None,
+    })
+}
+
 fn up_header(msg: &mut LinkMessage) {
     msg.header.flags = LinkFlags::Up;
     msg.header.change_mask = LinkFlags::Up;
@@ -91,25 +99,20 @@ impl Netlink {
     pub fn link_by_name(&mut self, name: &str) -> io::Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
-            Err(e) if errno(&e) == libc::ENODEV => Ok(None),
-            Err(e) => Err(e),
-        }
+        self.get_link(msg)
     }
 
     /// The link with index `index`, if it exists.
     pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<Link>> {
         let mut msg = LinkMessage::default();
         msg.header.index = index;
+        self.get_link(msg)
+    }
+
+    /// One RTM_GETLINK; ENODEV means there is no such link.
+    fn get_link(&mut self, msg: LinkMessage) -> io::Result<Option<Link>> {
         match self.request(RouteNetlinkMessage::GetLink(msg), 0) {
-            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })),
+            Ok(replies) => Ok(links_in(replies).next()),
             Err(e) if errno(&e) == libc::ENODEV => Ok(None),
             Err(e) => Err(e),
         }
@@ -121,13 +124,7 @@ impl Netlink {
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_DUMP,
         )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(Link::from_message(l)),
-                _ => None,
-            })
-            .collect())
+        Ok(links_in(replies).collect())
     }
 
     /// Create a bridge that is up, with a fixed MAC: an address set explicitly
