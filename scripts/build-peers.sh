@@ -6,7 +6,8 @@
 #
 #   tailscale   tailscaled, tailscale
 #   headscale   headscale
-#   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm
+#   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm,
+#               kubectl
 #   etcd        etcd, etcdctl
 #   cnitool     cnitool (in $CACHE/tools/cnitool-<version>/, shared with
 #               scripts/install-test-deps.sh so it is built once)
@@ -61,7 +62,7 @@ bins_of() {
   case $1 in
     tailscale) echo "tailscaled tailscale" ;;
     headscale) echo "headscale" ;;
-    kubernetes) echo "kube-apiserver kube-controller-manager kube-scheduler kubeadm" ;;
+    kubernetes) echo "kube-apiserver kube-controller-manager kube-scheduler kubeadm kubectl" ;;
     etcd) echo "etcd etcdctl" ;;
     cnitool) echo "cnitool" ;;
   esac
@@ -190,11 +191,12 @@ build_kubernetes() {
     val=${k#*:}; k=${k%%:*}
     ld+=" -X k8s.io/client-go/pkg/version.$k=$val -X k8s.io/component-base/version.$k=$val"
   done
-  # One go build for all four, so shared packages compile once.
+  # One go build for all five, so shared packages compile once.
   (cd "$mod" && GOFLAGS="$GOFLAGS_BASE -mod=mod" go build -trimpath -tags=selinux,notest,grpcnotrace \
     -ldflags="$ld" -o "$out/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubeadm)
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubeadm \
+    k8s.io/kubernetes/cmd/kubectl)
 }
 
 build_etcd() {

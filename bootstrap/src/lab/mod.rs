@@ -21,8 +21,10 @@
 //! cannot leak an interface onto the host.
 
 pub mod command;
+pub mod kubelet;
 pub mod ledger;
 pub mod plan;
+pub mod podserver;
 pub mod resource;
 pub mod topology;
 
