@@ -20,11 +20,19 @@
 //! are made with both ends directly inside lab namespaces, so a killed `up`
 //! cannot leak an interface onto the host.
 
+pub mod api_proxy;
+pub mod cluster;
 pub mod command;
+pub mod daemon;
+pub mod headscale;
 pub mod kubelet;
+pub mod kubernetes;
 pub mod ledger;
+pub mod peers;
+pub mod pki;
 pub mod plan;
 pub mod podserver;
+pub mod probe;
 pub mod resource;
 pub mod topology;
 

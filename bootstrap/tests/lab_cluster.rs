@@ -1,0 +1,534 @@
+//! The whole lab, end to end, through the `tailroute lab` CLI: real
+//! Headscale, tailscaled, etcd and Kubernetes control plane, and the lab
+//! kubelets.
+//!
+//! Needs root and the peers built by `scripts/build-peers.sh` (the README's
+//! test command builds them); fails, never skips, without them. Labs run
+//! one at a time (two full control planes on two cores would measure each
+//! other), and every lab is torn down by `lab down`, whose completeness is
+//! itself asserted.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tailroute::lab::LabTag;
+
+/// One lab at a time in this binary.
+static ONE_LAB: Mutex<()> = Mutex::new(());
+
+/// State directories of these tests: `<tmp>/<STATE_PREFIX><tag>`.
+const STATE_PREFIX: &str = "tailroute-lab-e2e-";
+
+fn tailroute() -> &'static str {
+    env!("CARGO_BIN_EXE_tailroute")
+}
+
+/// The plugin built next to the `tailroute` binary (same profile).
+fn cni_plugin() -> PathBuf {
+    let path = Path::new(tailroute()).with_file_name("tailroute-bridge");
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace (`cargo test --workspace` builds it)",
+        path.display()
+    );
+    path
+}
+
+/// A lab started through the CLI, downed (and checked) on drop.
+struct CliLab {
+    tag: LabTag,
+    state_dir: PathBuf,
+    downed: bool,
+}
+
+impl CliLab {
+    fn new(letter: char) -> CliLab {
+        cni_testbed::require_root();
+        reap_stale();
+        let tag = common::unique_tag(letter);
+        let state_dir = std::env::temp_dir().join(format!("{STATE_PREFIX}{tag}"));
+        CliLab {
+            tag,
+            state_dir,
+            downed: false,
+        }
+    }
+
+    fn args(&self, sub: &str) -> Vec<String> {
+        vec![
+            "lab".into(),
+            sub.into(),
+            format!("--name={}", self.tag),
+            format!("--state-dir={}", self.state_dir.display()),
+        ]
+    }
+
+    fn command(&self, sub: &str) -> Command {
+        let mut c = Command::new(tailroute());
+        c.args(self.args(sub));
+        c
+    }
+
+    /// `lab up`, asserting success; returns its output.
+    fn up(&self, nodes: usize, topology: &str) -> String {
+        let out = self
+            .command("up")
+            .args([format!("--nodes={nodes}"), format!("--topology={topology}")])
+            .arg(format!("--cni-plugin={}", cni_plugin().display()))
+            .output()
+            .expect("run tailroute lab up");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "lab up failed:\n{text}");
+        text
+    }
+
+    /// `lab up` in the background (for the kill test).
+    fn spawn_up(&self, nodes: usize) -> Child {
+        self.command("up")
+            .arg(format!("--nodes={nodes}"))
+            .arg(format!("--cni-plugin={}", cni_plugin().display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn tailroute lab up")
+    }
+
+    fn status(&self) -> Value {
+        let out = self
+            .command("status")
+            .arg("--json")
+            .output()
+            .expect("lab status");
+        assert!(
+            out.status.success(),
+            "lab status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        let out = self.command("kubeconfig").output().expect("lab kubeconfig");
+        assert!(out.status.success());
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    }
+
+    /// kubectl on the host, with the lab's admin kubeconfig.
+    fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let status = self.status();
+        let kubectl = status["lab"]["kubectl"]
+            .as_str()
+            .expect("kubectl path")
+            .to_owned();
+        let mut child = Command::new(kubectl)
+            .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write");
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("kubectl output");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every pid that belongs to the lab right now: recorded daemons and
+    /// anything living in one of its namespaces.
+    fn pids(&self) -> BTreeSet<u32> {
+        let prefix = self.tag.name_prefix();
+        let namespaces =
+            tailroute::lab::resource::namespaces_with_prefix(&prefix).unwrap_or_default();
+        let mut pids: BTreeSet<u32> = tailroute::lab::daemon::processes_in(&namespaces)
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .collect();
+        if let Ok(procs) = tailroute::lab::cluster::processes(&self.state_dir) {
+            pids.extend(
+                procs
+                    .into_iter()
+                    .filter(|(_, _, rss)| rss.is_some())
+                    .map(|(_, pid, _)| pid),
+            );
+        }
+        pids
+    }
+
+    /// `lab down`, then asserts that nothing of the lab is left.
+    fn down_and_check(&mut self) {
+        let before = self.pids();
+        let out = self.command("down").output().expect("lab down");
+        self.downed = true;
+        assert!(
+            out.status.success(),
+            "lab down: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_nothing_left(&self.tag, &self.state_dir, &before);
+    }
+}
+
+impl Drop for CliLab {
+    fn drop(&mut self) {
+        if !self.downed {
+            // During a panic: clean up, report, never panic again.
+            if let Err(e) = self.command("down").output() {
+                eprintln!("cleanup of lab {}: {e}", self.tag);
+            }
+        }
+    }
+}
+
+/// Downs labs of earlier test runs that were killed outright.
+fn reap_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(tag) = name.strip_prefix(STATE_PREFIX) else {
+            continue;
+        };
+        let pid = u32::from_str_radix(&tag[1..], 36).unwrap_or(0);
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new(tailroute())
+                .args(["lab", "down", &format!("--name={tag}")])
+                .arg(format!("--state-dir={}", entry.path().display()))
+                .output();
+        }
+    }
+}
+
+/// Nothing of lab `tag` exists: namespaces, mounts, host links, processes
+/// (`before`, and any whose command line names the state directory), files.
+fn assert_nothing_left(tag: &LabTag, state_dir: &Path, before: &BTreeSet<u32>) {
+    let prefix = tag.name_prefix();
+    let namespaces =
+        tailroute::lab::resource::namespaces_with_prefix(&prefix).expect("list namespaces");
+    assert!(namespaces.is_empty(), "namespaces left: {namespaces:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&prefix) || l.contains(&*state_dir.to_string_lossy()))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+    let links = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip link");
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert!(!links.contains(&prefix), "host links left: {links}");
+    let alive: Vec<u32> = before
+        .iter()
+        .copied()
+        .filter(|p| tailroute::lab::daemon::process_alive(*p))
+        .collect();
+    assert!(alive.is_empty(), "lab processes still running: {alive:?}");
+    let dir = state_dir.to_string_lossy().into_owned();
+    let mut naming_dir = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            if String::from_utf8_lossy(&cmdline).contains(&dir)
+                && entry.file_name() != *std::process::id().to_string()
+            {
+                naming_dir.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        naming_dir.is_empty(),
+        "processes naming {dir} still running: {naming_dir:?}"
+    );
+    assert!(
+        !state_dir.exists(),
+        "state directory {} left",
+        state_dir.display()
+    );
+}
+
+/// The `(name, namespace, tailnet IPs)` of every node.
+fn nodes(status: &Value) -> Vec<(String, String, Vec<IpAddr>)> {
+    status["lab"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let ips = n["tailnet_ips"]
+                .as_array()
+                .expect("ips")
+                .iter()
+                .map(|ip| ip.as_str().expect("ip").parse().expect("parse ip"))
+                .collect();
+            (
+                n["name"].as_str().expect("name").to_owned(),
+                n["namespace"].as_str().expect("namespace").to_owned(),
+                ips,
+            )
+        })
+        .collect()
+}
+
+/// Pings `dst` from `ns` out of tailscale0 until answered or `within`
+/// passes (the first packets between fresh peers take ~5 s).
+fn tailnet_ping(ns: &str, dst: IpAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        let ok = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "ping",
+                "-n",
+                "-q",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-I",
+                "tailscale0",
+            ])
+            .arg(dst.to_string())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return true;
+        }
+    }
+    false
+}
+
+/// The checks both topologies share: tailnet, podCIDRs, scheduling.
+fn check_running_lab(lab: &CliLab, nodes_wanted: usize) {
+    let status = lab.status();
+    let nodes = nodes(&status);
+    assert_eq!(nodes.len(), nodes_wanted);
+
+    // Every tailscaled Running and seeing every other node online.
+    for view in status["tailnet"].as_array().expect("tailnet") {
+        let name = view["node"].as_str().expect("node");
+        assert_eq!(view["state"], "Running", "{name}: {view}");
+        let peers: BTreeSet<&str> = view["peers"]
+            .as_array()
+            .expect("peers")
+            .iter()
+            .filter(|p| p[1] == true)
+            .filter_map(|p| p[0].as_str())
+            .collect();
+        for (other, _, _) in nodes.iter().filter(|(n, _, _)| n != name) {
+            assert!(
+                peers.contains(other.as_str()),
+                "{name} does not see {other}: {view}"
+            );
+        }
+    }
+
+    // Every node pings every other node's tailnet IPs over tailscale0.
+    std::thread::scope(|scope| {
+        for (name, ns, _) in &nodes {
+            for (other, _, ips) in nodes.iter().filter(|(o, _, _)| o != name) {
+                for ip in ips {
+                    scope.spawn(move || {
+                        assert!(
+                            tailnet_ping(ns, *ip, Duration::from_secs(20)),
+                            "{name} cannot ping {other} at {ip} over tailscale0"
+                        );
+                    });
+                }
+            }
+        }
+    });
+
+    // Every Node has a podCIDR from the cluster CIDR, all distinct.
+    let list: Value = serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None))
+        .expect("nodes JSON");
+    let mut cidrs = BTreeSet::new();
+    for node in list["items"].as_array().expect("items") {
+        let cidr = node["spec"]["podCIDR"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no podCIDR: {node}"));
+        assert!(cidr.starts_with("10.244."), "{cidr}");
+        assert!(cidrs.insert(cidr.to_owned()), "podCIDR {cidr} given twice");
+        let addresses: Vec<&str> = node["status"]["addresses"]
+            .as_array()
+            .expect("addresses")
+            .iter()
+            .filter(|a| a["type"] == "InternalIP")
+            .filter_map(|a| a["address"].as_str())
+            .collect();
+        assert!(
+            addresses.iter().all(|a| a.starts_with("100.")),
+            "InternalIP not a tailnet IP: {addresses:?}"
+        );
+    }
+    assert_eq!(cidrs.len(), nodes_wanted);
+
+    // A Deployment of 6 is scheduled onto lab nodes by kube-scheduler, and
+    // its Pods stay Pending (no CNI config on the nodes yet) with a reason.
+    lab.kubectl(&["apply", "-f", "-"], Some(DEPLOYMENT));
+    let names: BTreeSet<String> = nodes.iter().map(|(n, _, _)| n.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods: Value = serde_json::from_str(
+            &lab.kubectl(&["get", "pods", "-l", "app=web", "-o", "json"], None),
+        )
+        .expect("pods");
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let settled = items.len() == 6
+            && items.iter().all(|p| {
+                let on_lab_node = p["spec"]["nodeName"]
+                    .as_str()
+                    .is_some_and(|n| names.contains(n));
+                let pending = p["status"]["phase"] == "Pending";
+                let why = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| {
+                        c["status"] == "False"
+                            && c["message"].as_str().is_some_and(|m| m.contains("cni"))
+                    });
+                on_lab_node && pending && why
+            });
+        if settled {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods not scheduled and pending with a reason: {pods}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: web, image: lab/builtin-server, ports: [{containerPort: 8080}]}]
+"#;
+
+/// Prints the figures the issue asks for: `lab up` time per phase and
+/// memory of every lab process at rest (after a few quiet seconds).
+fn report_figures(lab: &CliLab, label: &str) {
+    std::thread::sleep(Duration::from_secs(5));
+    let status = lab.status();
+    println!(
+        "figures [{label}]: lab up phases (s): {}",
+        status["lab"]["timings"]
+    );
+    for p in status["processes"].as_array().into_iter().flatten() {
+        println!(
+            "figures [{label}]: rss {:<28} {:>8.1} MiB",
+            p["what"].as_str().unwrap_or("?"),
+            p["rssKiB"].as_f64().unwrap_or(0.0) / 1024.0
+        );
+    }
+}
+
+#[test]
+fn a_three_node_flat_lab_comes_up_meshes_schedules_and_goes_away() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('f');
+    let out = lab.up(3, "flat");
+    println!("{out}");
+    check_running_lab(&lab, 3);
+    report_figures(&lab, "flat, 3 nodes");
+    lab.down_and_check();
+}
+
+#[test]
+fn a_three_node_hybrid_lab_has_only_the_tailnet_between_nodes() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('h');
+    let out = lab.up(3, "hybrid");
+    println!("{out}");
+    check_running_lab(&lab, 3);
+    // Each node's own address is private behind its NAT router: no other
+    // node reaches it directly.
+    let status = lab.status();
+    let addresses: Vec<(String, IpAddr)> = status["lab"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["namespace"].as_str().expect("ns").to_owned(),
+                n["address"].as_str().expect("address").parse().expect("ip"),
+            )
+        })
+        .collect();
+    let mut pairs = Vec::new();
+    for (ns, _) in &addresses {
+        for (other_ns, addr) in &addresses {
+            if other_ns != ns {
+                pairs.push((ns.clone(), *addr));
+            }
+        }
+    }
+    common::assert_none_reach(&pairs);
+    report_figures(&lab, "hybrid, 3 nodes");
+    lab.down_and_check();
+}
+
+#[test]
+fn lab_down_after_an_up_killed_half_way_leaves_nothing() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('k');
+    let mut up = lab.spawn_up(2);
+    // Kill it once it is starting node daemons: the control plane runs,
+    // tailscaled processes exist, the lab is half built.
+    let ledger = lab.state_dir.join("ledger.json");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let text = std::fs::read_to_string(&ledger).unwrap_or_default();
+        if text.contains("tailscaled") {
+            break;
+        }
+        assert!(
+            up.try_wait().expect("try_wait").is_none(),
+            "lab up ended before the kill point"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "lab up never reached the nodes: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    up.kill().expect("kill lab up");
+    let _ = up.wait();
+    assert!(!lab.pids().is_empty(), "the half-built lab has processes");
+    lab.down_and_check();
+}
