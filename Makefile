@@ -1,6 +1,7 @@
 # tailroute: the README's commands are these targets.
+#   make lab    the one-machine lab: real tailscaled, Headscale, Kubernetes (needs root)
+#   make test   every test tier (installs and builds what it needs; needs root)
 #   make demo   two pods on a tailroute-bridge network in throwaway namespaces
-#   make test   every test tier (installs what it needs; needs root)
 #   make bench  tailroute-bridge vs the reference bridge + host-local, side by side
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ PLUGIN := target/$(HOST_TRIPLE)/release/tailroute-bridge
 BENCH_N ?= 200
 BENCH_CONCURRENCY ?= 8
 
-.PHONY: all build plugin demo test test-unit lint bench clean
+.PHONY: all build plugin lab demo test test-unit lint bench clean
 
 all: build
 
@@ -23,6 +24,14 @@ build: plugin
 plugin:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p tailroute-bridge --target $(HOST_TRIPLE)
 
+# Installs the apt packages, builds the real peers from the Go module proxy
+# (about 16 minutes the first time, cached afterwards), then brings the lab up.
+lab:
+	@scripts/install-test-deps.sh >/dev/null
+	scripts/build-peers.sh >/dev/null
+	$(CARGO) build --release --workspace
+	scripts/lab-demo.sh
+
 demo: plugin
 	@scripts/install-test-deps.sh >/dev/null
 	scripts/demo.sh $(PLUGIN)
@@ -31,9 +40,12 @@ demo: plugin
 # need root and fail (never skip) without it.
 test:
 	@cnitool=$$(scripts/install-test-deps.sh); \
+	scripts/build-peers.sh; \
 	$(CARGO) fmt --all -- --check; \
 	$(CARGO) clippy --workspace --all-targets -- -D warnings; \
+	rm -f target/tmp/lab-figures.txt; \
 	TAILROUTE_CNITOOL=$$cnitool $(CARGO) test --workspace --release 2>&1 | tee target/test.log; \
+	if [ -f target/tmp/lab-figures.txt ]; then echo "lab figures:"; cat target/tmp/lab-figures.txt; fi; \
 	awk '/^test result:/ { passed += $$4; failed += $$6 } \
 	     END { printf "tests: %d passed, %d failed\n", passed, failed; exit (passed == 0 || failed > 0) }' target/test.log
 

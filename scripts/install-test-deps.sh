@@ -3,7 +3,8 @@
 # machine, and nothing else: iproute2 and ping for the namespace tests,
 # Debian's reference CNI plugins (the baseline the benchmark and the cnitool
 # test compare against), GNU time (the benchmark's peak-RSS launcher),
-# nftables (the lab's NAT routers), and cnitool built from the Go module
+# nftables (the lab's NAT routers), openssl (the lab's certificates),
+# jq (the lab demo), and cnitool built from the Go module
 # proxy into a versioned cache. Safe to run again: a warm run takes a second.
 #
 # Prints nothing on success but the cnitool path on the last line.
@@ -20,7 +21,7 @@ die() { echo "install-test-deps: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root: the namespace tests create network namespaces, bridges and veths (run: sudo make test)"
 
 missing=()
-for pkg in iproute2 iputils-ping containernetworking-plugins time nftables; do
+for pkg in iproute2 iputils-ping containernetworking-plugins time nftables openssl jq; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

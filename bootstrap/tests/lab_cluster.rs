@@ -440,22 +440,44 @@ spec:
       containers: [{name: web, image: lab/builtin-server, ports: [{containerPort: 8080}]}]
 "#;
 
-/// Prints the figures the issue asks for: `lab up` time per phase and
-/// memory of every lab process at rest (after a few quiet seconds).
+/// Reports the figures the lab issue asks for: `lab up` time per phase and
+/// memory of every lab process at rest (after a few quiet seconds). They
+/// go to stdout and to `target/tmp/lab-figures.txt`, which `make test`
+/// prints at the end.
 fn report_figures(lab: &CliLab, label: &str) {
     std::thread::sleep(Duration::from_secs(5));
     let status = lab.status();
-    println!(
-        "figures [{label}]: lab up phases (s): {}",
-        status["lab"]["timings"]
-    );
-    for p in status["processes"].as_array().into_iter().flatten() {
-        println!(
-            "figures [{label}]: rss {:<28} {:>8.1} MiB",
-            p["what"].as_str().unwrap_or("?"),
-            p["rssKiB"].as_f64().unwrap_or(0.0) / 1024.0
-        );
+    let mut lines = Vec::new();
+    for (phase, secs) in status["lab"]["timings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t[0].as_str()?, t[1].as_f64()?)))
+    {
+        lines.push(format!("lab [{label}] up: {phase:<40} {secs:6.2} s"));
     }
+    let mut total = 0.0;
+    for p in status["processes"].as_array().into_iter().flatten() {
+        let mib = p["rssKiB"].as_f64().unwrap_or(0.0) / 1024.0;
+        total += mib;
+        let what = p["what"].as_str().unwrap_or("?");
+        lines.push(format!(
+            "lab [{label}] rss at rest: {what:<28} {mib:7.1} MiB"
+        ));
+    }
+    lines.push(format!(
+        "lab [{label}] rss at rest: {:<28} {total:7.1} MiB",
+        "total"
+    ));
+    let text = lines.join("\n") + "\n";
+    print!("{text}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-figures.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open figures file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write figures");
 }
 
 #[test]

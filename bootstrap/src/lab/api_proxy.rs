@@ -86,6 +86,7 @@ pub fn run(args: ApiProxyArgs) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     drop(netns);
+    watch_namespace(&args.netns);
     for client in listener.incoming() {
         let client = match client {
             Ok(client) => client,
@@ -116,6 +117,19 @@ pub fn run(args: ApiProxyArgs) -> io::Result<()> {
         });
     }
     Ok(())
+}
+
+/// Exits the process once namespace `name` is gone: then the lab is down,
+/// even if the `down` that removed it never knew this process (an `up`
+/// killed between starting it and recording it).
+fn watch_namespace(name: &str) {
+    let path = std::path::Path::new(crate::lab::resource::NETNS_DIR).join(name);
+    std::thread::spawn(move || loop {
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        if !path.exists() {
+            std::process::exit(0);
+        }
+    });
 }
 
 fn forward(client: TcpStream, target: SocketAddr) -> io::Result<()> {
