@@ -102,8 +102,21 @@ impl LabInfo {
     /// Reads `lab.json` from `state_dir`.
     pub fn load(state_dir: &Path) -> Result<LabInfo, LabError> {
         let path = state_dir.join(LAB_FILE);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| LabError::NotRunning(format!("{}: {e}", path.display())))?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(match Ledger::open(state_dir) {
+                    Ok(Some(ledger)) => LabError::Setup(format!(
+                        "the lab in {} is only half built ({} things recorded, no {LAB_FILE}): \
+                         its `up` failed or was interrupted; `tailroute lab down` removes it",
+                        state_dir.display(),
+                        ledger.resources().len()
+                    )),
+                    _ => LabError::NotRunning(format!("nothing in {}", state_dir.display())),
+                })
+            }
+            Err(e) => return Err(LabError::Setup(format!("{}: {e}", path.display()))),
+        };
         serde_json::from_slice(&bytes)
             .map_err(|e| LabError::Setup(format!("{}: {e}", path.display())))
     }
