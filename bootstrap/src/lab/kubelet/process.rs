@@ -205,7 +205,9 @@ pub fn spawn_pod_server(spawn: &PodServerSpawn<'_>) -> io::Result<(ProcessId, Ch
         .append(true)
         .open(spawn.log)?;
     let mut cmd = Command::new(spawn.exe);
-    cmd.args(["lab", "pod-server", "--pod", spawn.pod, "--port"])
+    // `ps` shows `tailroute lab pod-server ...`, not `/proc/self/exe ...`.
+    cmd.arg0("tailroute")
+        .args(["lab", "pod-server", "--pod", spawn.pod, "--port"])
         .arg(spawn.port.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)

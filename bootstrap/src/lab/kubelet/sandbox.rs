@@ -242,7 +242,7 @@ impl PodRuntime {
         }
         self.reap();
 
-        if let Err(e) = cni::plugin::del(
+        match cni::plugin::del(
             &self.cni_bin_dir,
             &record.network,
             &attachment(record, &netns_path),
@@ -250,7 +250,12 @@ impl PodRuntime {
         )
         .await
         {
-            failures.push(e.to_string());
+            Ok(refusals) => {
+                for refusal in refusals {
+                    tracing::warn!(pod = %record.pod, "{refusal} (taken as nothing to delete)");
+                }
+            }
+            Err(e) => failures.push(e.to_string()),
         }
 
         if netns_path.exists() {

@@ -158,18 +158,48 @@ pub async fn add(
 
 /// Runs DEL through the chain in reverse, giving each plugin the cached ADD
 /// result (if any) as libcni does.
+///
+/// One thing differs from libcni, which stops at the first failure and
+/// leaves the retry to the runtime: a plugin that refuses the DEL as
+/// malformed ([`PluginError::is_permanent_refusal`]) would refuse every
+/// retry too, and the pod could never get a new sandbox. Such a refusal
+/// means the plugin acted on nothing, so the DEL goes on with the other
+/// plugins and the refusals are returned for the log.
 pub async fn del(
     bin_dir: &Path,
     network: &NetworkConfig,
     attachment: &Attachment<'_>,
     cached_add_result: Option<&Value>,
-) -> Result<(), PluginError> {
+) -> Result<Vec<PluginError>, PluginError> {
     let prev = cached_add_result.filter(|_| network.del_gets_prev_result());
+    let mut refusals = Vec::new();
     for index in (0..network.plugins.len()).rev() {
         let stdin = network.plugin_stdin(index, prev, attachment.capability_args);
-        exec(bin_dir, network, index, Command::Del, attachment, &stdin).await?;
+        match exec(bin_dir, network, index, Command::Del, attachment, &stdin).await {
+            Ok(_) => {}
+            Err(e) if e.is_permanent_refusal() => refusals.push(e),
+            Err(e) => return Err(e),
+        }
     }
-    Ok(())
+    Ok(refusals)
+}
+
+impl PluginError {
+    /// True if the plugin refused the request as malformed (CNI error
+    /// codes 1, 2, 4, 6, 7: version, unsupported field, environment,
+    /// decoding, invalid config) or found nothing to act on (3): asked
+    /// again with the same config and environment, it can only answer the
+    /// same. I/O errors (5), "try again" (11) and plugins that fail without
+    /// a CNI error are worth retrying.
+    pub fn is_permanent_refusal(&self) -> bool {
+        matches!(
+            self,
+            PluginError::Failed {
+                code: Some(1..=4 | 6 | 7),
+                ..
+            }
+        )
+    }
 }
 
 /// `CNI_ARGS` as containerd sets it for a pod.
@@ -344,6 +374,132 @@ mod tests {
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;\
              K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1"
         );
+    }
+
+    /// A bin dir of shell-script plugins that log their calls: `first`
+    /// and `second` succeed, `refuser` refuses DEL as invalid config,
+    /// `broken` fails without a CNI error.
+    fn fake_bin_dir(tag: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("tailroute-fake-cni-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = r#"#!/bin/sh
+dir=$(dirname "$0"); name=$(basename "$0"); conf=$(cat)
+echo "$name $CNI_COMMAND $CNI_CONTAINERID $CNI_NETNS $CNI_IFNAME $CNI_PATH $CNI_ARGS" >> "$dir/calls"
+echo "$conf" >> "$dir/stdin"
+case "$name-$CNI_COMMAND" in
+  first-ADD) echo '{"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.5/24"}]}' ;;
+  second-ADD) echo '{"cniVersion": "1.0.0", "ips": [{"address": "fd00::5/64"}, {"address": "10.0.0.5/24"}]}' ;;
+  refuser-DEL) echo '{"cniVersion": "1.0.0", "code": 7, "msg": "bad config"}'; exit 1 ;;
+  broken-*) echo "it broke" >&2; exit 2 ;;
+esac
+"#;
+        for name in ["first", "second", "refuser", "broken"] {
+            let path = dir.join(name);
+            std::fs::write(&path, script).unwrap();
+            let executable = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            std::fs::set_permissions(&path, executable).unwrap();
+        }
+        dir
+    }
+
+    fn chain(types: &[&str]) -> NetworkConfig {
+        let plugins: Vec<Value> = types.iter().map(|t| json!({"type": t})).collect();
+        let text = json!({"cniVersion": "1.0.0", "name": "fake", "plugins": plugins});
+        NetworkConfig::parse("f".into(), &text.to_string(), true).unwrap()
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_chain_runs_as_libcni_runs_it() {
+        let bin = fake_bin_dir("chain");
+        let caps = Map::new();
+        let att = Attachment {
+            container_id: "c0ffee",
+            netns: Path::new("/run/netns/pod"),
+            pod_namespace: "default",
+            pod_name: "web",
+            pod_uid: "u-1",
+            capability_args: &caps,
+        };
+        let network = chain(&["first", "second"]);
+        let result = add(&bin, &network, &att).await.unwrap();
+        assert_eq!(
+            result_ips(&result).unwrap(),
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
+        );
+        let env = format!(
+            "c0ffee /run/netns/pod eth0 {} {}",
+            bin.display(),
+            cni_args(&att)
+        );
+        assert_eq!(
+            lines(&bin.join("calls")),
+            [format!("first ADD {env}"), format!("second ADD {env}")]
+        );
+        let stdin: Vec<Value> = lines(&bin.join("stdin"))
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(
+            stdin[0],
+            json!({"type": "first", "name": "fake", "cniVersion": "1.0.0"})
+        );
+        assert_eq!(
+            stdin[1]["prevResult"],
+            json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.5/24"}]})
+        );
+
+        std::fs::remove_file(bin.join("calls")).unwrap();
+        std::fs::remove_file(bin.join("stdin")).unwrap();
+        let refusals = del(&bin, &network, &att, Some(&result)).await.unwrap();
+        assert!(refusals.is_empty());
+        assert_eq!(
+            lines(&bin.join("calls")),
+            [format!("second DEL {env}"), format!("first DEL {env}")]
+        );
+        for line in lines(&bin.join("stdin")) {
+            let conf: Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(conf["prevResult"], result);
+        }
+
+        // A refusal is reported and the rest of the chain still runs; a
+        // plugin that just fails stops the DEL (it is worth a retry).
+        std::fs::remove_file(bin.join("calls")).unwrap();
+        let refusals = del(&bin, &chain(&["first", "refuser"]), &att, None)
+            .await
+            .unwrap();
+        assert_eq!(refusals.len(), 1);
+        assert!(refusals[0]
+            .to_string()
+            .ends_with("failed (delete): bad config"));
+        assert_eq!(lines(&bin.join("calls")).len(), 2);
+        let err = del(&bin, &chain(&["first", "broken"]), &att, None)
+            .await
+            .unwrap_err();
+        assert!(!err.is_permanent_refusal());
+        assert!(
+            err.to_string().ends_with("failed (delete): it broke"),
+            "{err}"
+        );
+        let err = add(&bin, &chain(&["missing"]), &att).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("failed to find plugin \"missing\""),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&bin).unwrap();
     }
 
     #[test]
