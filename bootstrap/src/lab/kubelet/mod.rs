@@ -19,6 +19,10 @@
 //! - [`cni`]: the CNI config dir and plugin calls;
 //! - [`process`]: pod server processes, recognised by pid and start time.
 //!
+//! The node reports Ready even while the CNI conf dir is empty, unlike a
+//! real kubelet, so that kube-scheduler places pods on it and they wait
+//! there, Pending with `NetworkNotReady` (see [`node`]).
+//!
 //! Stopping the kubelet (SIGTERM, SIGINT) leaves the pods running, as a
 //! kubelet restart does on a real node; the next kubelet finds them through
 //! their records. The lab's own teardown removes pod servers and pod

@@ -28,6 +28,9 @@ const STOP_GRACE: Duration = Duration::from_secs(2);
 /// record kept for a retry of the undo) by the time this is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// No sandbox id could be drawn: nothing was created.
+    #[error("failed to make a sandbox id (reading /dev/urandom): {0}")]
+    Id(std::io::Error),
     /// The record could not be written: nothing was created.
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -132,14 +135,8 @@ impl PodRuntime {
         capability_args: Map<String, Value>,
     ) -> Result<SandboxRecord, SandboxError> {
         let mut record =
-            SandboxRecord::new(pod.clone(), &self.netns_prefix, network, capability_args).map_err(
-                |source| {
-                    SandboxError::Record(RecordError::Io {
-                        path: "/dev/urandom".into(),
-                        source,
-                    })
-                },
-            )?;
+            SandboxRecord::new(pod.clone(), &self.netns_prefix, network, capability_args)
+                .map_err(SandboxError::Id)?;
         self.store.save(&record)?;
         match self.bring_up(&mut record).await {
             Ok(()) => Ok(record),
@@ -188,6 +185,9 @@ impl PodRuntime {
 
     /// Makes sure the pod server of `record` runs, starting it again if it
     /// died; true if it was (re)started.
+    ///
+    /// Blocking, briefly: a check in `/proc` when the server runs; when it
+    /// does not, up to a stop grace period for strays plus a spawn.
     pub fn ensure_server(&mut self, record: &mut SandboxRecord) -> Result<bool, SandboxError> {
         if record.server.is_some_and(|s| s.is_running()) {
             return Ok(false);
