@@ -359,7 +359,7 @@ fn pod_namespace(info: &LabInfo, namespace: &str, name: &str) -> Result<String, 
         .and_then(|n| info.node(n))
         .ok_or_else(|| format!("pod {namespace}/{name} is not bound to a lab node yet"))?;
     let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
-    let netns = tailroute::lab::kubelet::pod_netns_name(&node.pod_netns_prefix, uid);
+    let netns = tailroute::lab::kubelet::record::netns_name(&node.pod_netns_prefix, uid);
     if !Path::new("/run/netns").join(&netns).exists() {
         return Err(format!(
             "pod {namespace}/{name} has no network namespace ({netns}) yet: is it Running? (kubectl describe pod -n {namespace} {name})"

@@ -338,10 +338,3 @@ mod tests {
         assert!(!is_dns_subdomain(""));
     }
 }
-
-/// The network namespace name of the pod with `uid` on a node whose pod
-/// namespaces start with `prefix`.
-pub fn pod_netns_name(prefix: &str, uid: &str) -> String {
-    let _ = (prefix, uid);
-    unimplemented!("written with the lab kubelet")
-}
