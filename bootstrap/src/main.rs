@@ -267,7 +267,9 @@ fn print_status(info: &LabInfo, state_dir: &Path) -> Result<(), Error> {
             "{:<5} {:<14} {:<16} {:<34} {:<28} {} {}",
             node.name,
             node.namespace,
-            node.address.to_string(),
+            node.addresses
+                .first()
+                .map_or("-".into(), ToString::to_string),
             ips.join(","),
             pod_cidrs
                 .iter()

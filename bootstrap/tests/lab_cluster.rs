@@ -77,10 +77,11 @@ impl CliLab {
     }
 
     /// `lab up`, asserting success; returns its output.
-    fn up(&self, nodes: usize, topology: &str) -> String {
+    fn up(&self, nodes: usize, topology: &str, dual_stack: bool) -> String {
         let out = self
             .command("up")
             .args([format!("--nodes={nodes}"), format!("--topology={topology}")])
+            .args(dual_stack.then_some("--dual-stack"))
             .arg(format!("--cni-plugin={}", cni_plugin().display()))
             .output()
             .expect("run tailroute lab up");
@@ -325,7 +326,7 @@ fn tailnet_ping(ns: &str, dst: IpAddr, within: Duration) -> bool {
 }
 
 /// The checks both topologies share: tailnet, podCIDRs, scheduling.
-fn check_running_lab(lab: &CliLab, nodes_wanted: usize) {
+fn check_running_lab(lab: &CliLab, nodes_wanted: usize, dual_stack: bool) {
     let status = lab.status();
     let nodes = nodes(&status);
     assert_eq!(nodes.len(), nodes_wanted);
@@ -365,29 +366,48 @@ fn check_running_lab(lab: &CliLab, nodes_wanted: usize) {
         }
     });
 
-    // Every Node has a podCIDR from the cluster CIDR, all distinct.
+    // Every Node has a podCIDR from the cluster CIDR per family, all
+    // distinct, and its tailnet IP per family as InternalIP.
     let list: Value = serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None))
         .expect("nodes JSON");
     let mut cidrs = BTreeSet::new();
     for node in list["items"].as_array().expect("items") {
-        let cidr = node["spec"]["podCIDR"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no podCIDR: {node}"));
-        assert!(cidr.starts_with("10.244."), "{cidr}");
-        assert!(cidrs.insert(cidr.to_owned()), "podCIDR {cidr} given twice");
-        let addresses: Vec<&str> = node["status"]["addresses"]
+        let pod_cidrs: Vec<&str> = node["spec"]["podCIDRs"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no podCIDRs: {node}"))
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        let want: &[&str] = if dual_stack {
+            &["10.244.", "fd00:10:244:"]
+        } else {
+            &["10.244."]
+        };
+        assert_eq!(pod_cidrs.len(), want.len(), "{pod_cidrs:?}");
+        for (cidr, prefix) in pod_cidrs.iter().zip(want) {
+            assert!(
+                cidr.starts_with(prefix),
+                "podCIDR {cidr} is not from the cluster CIDR"
+            );
+            assert!(cidrs.insert(cidr.to_string()), "podCIDR {cidr} given twice");
+        }
+        let addresses: Vec<IpAddr> = node["status"]["addresses"]
             .as_array()
             .expect("addresses")
             .iter()
             .filter(|a| a["type"] == "InternalIP")
-            .filter_map(|a| a["address"].as_str())
+            .filter_map(|a| a["address"].as_str()?.parse().ok())
             .collect();
-        assert!(
-            addresses.iter().all(|a| a.starts_with("100.")),
-            "InternalIP not a tailnet IP: {addresses:?}"
-        );
+        assert_eq!(addresses.len(), want.len(), "InternalIPs {addresses:?}");
+        for ip in &addresses {
+            let tailnet = match ip {
+                IpAddr::V4(v4) => v4.octets()[0] == 100 && (64..128).contains(&v4.octets()[1]),
+                IpAddr::V6(v6) => v6.segments()[..3] == [0xfd7a, 0x115c, 0xa1e0],
+            };
+            assert!(tailnet, "InternalIP {ip} is not a tailnet IP");
+        }
     }
-    assert_eq!(cidrs.len(), nodes_wanted);
+    assert_eq!(cidrs.len(), nodes_wanted * if dual_stack { 2 } else { 1 });
 
     // A Deployment of 6 is scheduled onto lab nodes by kube-scheduler, and
     // its Pods stay Pending (no CNI config on the nodes yet) with a reason.
@@ -484,20 +504,20 @@ fn report_figures(lab: &CliLab, label: &str) {
 fn a_three_node_flat_lab_comes_up_meshes_schedules_and_goes_away() {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = CliLab::new('f');
-    let out = lab.up(3, "flat");
+    let out = lab.up(3, "flat", false);
     println!("{out}");
-    check_running_lab(&lab, 3);
+    check_running_lab(&lab, 3, false);
     report_figures(&lab, "flat, 3 nodes");
     lab.down_and_check();
 }
 
 #[test]
-fn a_three_node_hybrid_lab_has_only_the_tailnet_between_nodes() {
+fn a_three_node_dual_stack_hybrid_lab_has_only_the_tailnet_between_nodes() {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = CliLab::new('h');
-    let out = lab.up(3, "hybrid");
+    let out = lab.up(3, "hybrid", true);
     println!("{out}");
-    check_running_lab(&lab, 3);
+    check_running_lab(&lab, 3, true);
     // Each node's own address is private behind its NAT router: no other
     // node reaches it directly.
     let status = lab.status();
@@ -505,23 +525,36 @@ fn a_three_node_hybrid_lab_has_only_the_tailnet_between_nodes() {
         .as_array()
         .expect("nodes")
         .iter()
-        .map(|n| {
-            (
-                n["namespace"].as_str().expect("ns").to_owned(),
-                n["address"].as_str().expect("address").parse().expect("ip"),
-            )
+        .flat_map(|n| {
+            let ns = n["namespace"].as_str().expect("ns").to_owned();
+            n["addresses"]
+                .as_array()
+                .expect("addresses")
+                .iter()
+                .map(move |a| {
+                    (
+                        ns.clone(),
+                        a.as_str().expect("address").parse().expect("ip"),
+                    )
+                })
         })
         .collect();
+    assert_eq!(
+        addresses.len(),
+        6,
+        "an IPv4 and an IPv6 address per node: {addresses:?}"
+    );
+    let namespaces: BTreeSet<&String> = addresses.iter().map(|(ns, _)| ns).collect();
     let mut pairs = Vec::new();
-    for (ns, _) in &addresses {
+    for ns in namespaces {
         for (other_ns, addr) in &addresses {
             if other_ns != ns {
-                pairs.push((ns.clone(), *addr));
+                pairs.push((ns.to_string(), *addr));
             }
         }
     }
     common::assert_none_reach(&pairs);
-    report_figures(&lab, "hybrid, 3 nodes");
+    report_figures(&lab, "hybrid, dual-stack, 3 nodes");
     lab.down_and_check();
 }
 

@@ -51,8 +51,8 @@ pub struct LabNode {
     pub name: String,
     /// Its network namespace.
     pub namespace: String,
-    /// Its underlay (or LAN, in hybrid) address.
-    pub address: IpAddr,
+    /// Its underlay (or, in hybrid, private LAN) addresses, IPv4 first.
+    pub addresses: Vec<IpAddr>,
     /// Its tailnet addresses, IPv4 first.
     pub tailnet_ips: Vec<IpAddr>,
     /// tailscaled's socket.
@@ -466,7 +466,15 @@ fn start_node(
         format!("--state-dir={}", dir.join("kubelet").display()),
         format!("--pod-netns-prefix={pod_netns_prefix}"),
     ];
-    args.extend(tailnet_ips.iter().map(|ip| format!("--node-ip={ip}")));
+    // The kubelet's node-ip is the tailnet IP of every family the cluster
+    // has: a single-stack cluster's Nodes carry no IPv6 address.
+    let dual_stack = spec.plan.dual_stack;
+    args.extend(
+        tailnet_ips
+            .iter()
+            .filter(|ip| ip.is_ipv4() || dual_stack)
+            .map(|ip| format!("--node-ip={ip}")),
+    );
     let kubelet_log = dir.join("kubelet.log");
     let kubelet = DaemonSpec {
         namespace: Some(&ns),
@@ -482,7 +490,13 @@ fn start_node(
     Ok(LabNode {
         name: name.to_owned(),
         namespace: ns,
-        address: node.host.uplink.ipv4.addr,
+        addresses: node
+            .host
+            .uplink
+            .addresses()
+            .iter()
+            .map(|c| c.addr)
+            .collect(),
         tailnet_ips,
         tailscaled_socket: socket,
         cni_conf_dir,
