@@ -121,6 +121,19 @@ enum LabCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let internal = matches!(
+        cli.command,
+        Command::Lab(LabCommand::Kubelet(_) | LabCommand::PodServer(_) | LabCommand::ApiProxy(_))
+    );
+    if !internal {
+        // A user's `tailroute lab status | head` ends quietly, as a shell
+        // tool should. (The daemons keep Rust's default: a client that goes
+        // away must not kill them.)
+        // SAFETY: called before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = match cli.command {
         Command::Lab(command) => lab(command),
     };
@@ -145,7 +158,7 @@ fn lab(command: LabCommand) -> Result<ExitCode, Error> {
         LabCommand::Down { lab } => {
             let report = cluster::down(&lab.tag()?, &lab.state_dir())?;
             println!(
-                "lab {} is down: {} resources removed ({} already gone), {} pod namespaces, {} processes stopped",
+                "lab {:?} is down: {} resources removed ({} already gone), {} pod namespaces, {} processes stopped",
                 lab.name,
                 report.teardown.removed.len(),
                 report.teardown.already_gone.len(),
@@ -186,13 +199,13 @@ fn lab_up(
         cni_plugin,
     };
     println!(
-        "lab {}: {nodes} nodes, {topology}{}",
+        "lab {:?}: {nodes} nodes, {topology}{}",
         lab.name,
         if dual_stack { ", dual-stack" } else { "" }
     );
     let info = cluster::up(&spec, &mut |line| println!("  {line}"))?;
     let total = info.timings.last().map_or(0.0, |(_, s)| *s);
-    println!("lab {} is up in {total:.1} s", lab.name);
+    println!("lab {:?} is up in {total:.1} s", lab.name);
     print_status(&info, &spec.state_dir)?;
     println!(
         "\nkubectl: export KUBECONFIG={}\n(tear down: tailroute lab down{})",
@@ -231,7 +244,7 @@ fn lab_status(lab: &LabSelect, json: bool) -> Result<(), Error> {
 
 fn print_status(info: &LabInfo, state_dir: &Path) -> Result<(), Error> {
     println!(
-        "\nlab {}: {}, {} nodes{}; state in {}",
+        "\nlab {:?}: {}, {} nodes{}; state in {}",
         info.tag,
         info.topology,
         info.nodes.len(),

@@ -346,6 +346,8 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     )
     .map_err(|e| up_err(&e))?;
     phase("tailnet: every node sees every other", progress);
+    wait_for_tailnet_paths(&info, Duration::from_secs(30)).map_err(|e| up_err(&e))?;
+    phase("tailnet: every node pings every other", progress);
 
     info.timings = timings;
     info.timings
@@ -584,6 +586,62 @@ fn wait_for_tailnet_mesh(
         }
         Ok(())
     })
+}
+
+/// Waits until every node gets an answer from every other node's tailnet
+/// IPv4 over tailscale0. The first packets between freshly joined peers
+/// take about 5 s (docs/lab-peers.md); `up` returns a lab whose tailnet
+/// already carries traffic.
+fn wait_for_tailnet_paths(info: &LabInfo, timeout: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + timeout;
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let mut probes = Vec::new();
+        for from in &info.nodes {
+            for to in info.nodes.iter().filter(|n| n.name != from.name) {
+                let Some(ip) = to.tailnet_ips.iter().find(|ip| ip.is_ipv4()).copied() else {
+                    continue;
+                };
+                probes.push(scope.spawn(move || {
+                    let ping = HostCommand::exec_in(
+                        &from.namespace,
+                        "ping",
+                        &[
+                            "-n",
+                            "-q",
+                            "-c",
+                            "1",
+                            "-W",
+                            "1",
+                            "-I",
+                            "tailscale0",
+                            &ip.to_string(),
+                        ],
+                    );
+                    while Instant::now() < deadline {
+                        if ping.run().is_ok() {
+                            return None;
+                        }
+                    }
+                    Some(format!("{} -> {} ({ip})", from.name, to.name))
+                }));
+            }
+        }
+        probes
+            .into_iter()
+            .filter_map(|p| {
+                p.join()
+                    .unwrap_or_else(|_| Some("a ping thread panicked".into()))
+            })
+            .collect()
+    });
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(LabError::Up(format!(
+            "no answer over tailscale0 within {timeout:?}: {}; see the nodes' tailscaled.log",
+            failures.join(", ")
+        )))
+    }
 }
 
 /// What `down` did.
