@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::lab::process::ProcessId;
 use crate::lab::resource::NETNS_DIR;
 
 /// How a daemon enters its network namespace.
@@ -165,14 +166,10 @@ pub fn wait_ready<T>(
 
 /// True while `pid` runs (a zombie counts as gone).
 pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !matches!(
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next()),
-            Some("Z") | Some("X")
-        ),
-        Err(_) => false,
-    }
+    i32::try_from(pid)
+        .ok()
+        .and_then(ProcessId::of)
+        .is_some_and(|p| p.is_running())
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS`), if it runs.
@@ -185,27 +182,17 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// The inode that identifies network namespace `name`.
-fn netns_inode(name: &str) -> Option<u64> {
-    std::fs::metadata(Path::new(NETNS_DIR).join(name))
-        .ok()
-        .map(|m| m.ino())
-}
-
-/// Every process whose network namespace is one of `namespaces`, with the
-/// namespace it is in.
-pub fn processes_in(namespaces: &[String]) -> Vec<(u32, String)> {
-    let wanted: Vec<(u64, &String)> = namespaces
-        .iter()
-        .filter_map(|ns| netns_inode(ns).map(|ino| (ino, ns)))
-        // An unmounted leftover file has the inode of the tmpfs/ext4 file,
-        // not a namespace's; it cannot match a process's ns link anyway.
-        .collect();
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
+/// The pids of every live process whose network namespace is the one at
+/// `netns_path` (a `/run/netns` entry or a `/proc/<pid>/ns/net` link). An
+/// absent path has no processes.
+pub fn pids_in_netns(netns_path: &Path) -> std::io::Result<Vec<u32>> {
+    let target = match std::fs::metadata(netns_path) {
+        Ok(m) => (m.dev(), m.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
-    for entry in entries.flatten() {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -213,16 +200,29 @@ pub fn processes_in(namespaces: &[String]) -> Vec<(u32, String)> {
         else {
             continue;
         };
-        let Ok(meta) = std::fs::metadata(entry.path().join("ns/net")) else {
+        // Processes come and go while we look: a vanished one is skipped.
+        let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else {
             continue;
         };
-        if let Some((_, ns)) = wanted.iter().find(|(ino, _)| *ino == meta.ino()) {
-            if process_alive(pid) {
-                found.push((pid, (*ns).clone()));
-            }
+        if (ns.dev(), ns.ino()) == target && process_alive(pid) {
+            found.push(pid);
         }
     }
-    found
+    Ok(found)
+}
+
+/// Every process whose network namespace is one of `namespaces` (names in
+/// `/run/netns`), with the namespace it is in.
+pub fn processes_in(namespaces: &[String]) -> Vec<(u32, String)> {
+    namespaces
+        .iter()
+        .flat_map(|ns| {
+            pids_in_netns(&Path::new(NETNS_DIR).join(ns))
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |pid| (pid, ns.clone()))
+        })
+        .collect()
 }
 
 /// SIGTERM to every process in `namespaces`, then SIGKILL to what is left

@@ -33,6 +33,7 @@ pub mod pki;
 pub mod plan;
 pub mod podserver;
 pub mod probe;
+pub mod process;
 pub mod resource;
 pub mod topology;
 

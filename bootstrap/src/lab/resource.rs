@@ -6,11 +6,12 @@
 //! entries that were recorded but never created.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::lab::command::{CommandError, HostCommand};
+use crate::lab::process::{self, ProcessId};
 
 /// Where `ip netns` keeps its named namespaces.
 pub const NETNS_DIR: &str = "/run/netns";
@@ -24,6 +25,14 @@ pub enum RemovalError {
     /// A command (`ip`, `nft`, `kill`) failed.
     #[error(transparent)]
     Command(#[from] CommandError),
+    /// A process could not be stopped.
+    #[error("could not stop process {pid}: {source}")]
+    Stop {
+        /// Its pid.
+        pid: u32,
+        /// The failure.
+        source: std::io::Error,
+    },
     /// A file-system operation failed.
     #[error("could not {action} {}: {source}", path.display())]
     Io {
@@ -100,15 +109,19 @@ impl Resource {
     ///
     /// Fails when the process is already gone (nothing to record then).
     pub fn process(pid: u32, what: impl Into<String>) -> std::io::Result<Resource> {
-        let start_time = process_start_time(pid)?.ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("process {pid} exited before it could be recorded"),
-            )
-        })?;
+        let id = i32::try_from(pid)
+            .ok()
+            .and_then(ProcessId::of)
+            .filter(ProcessId::is_running)
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("process {pid} exited before it could be recorded"),
+                )
+            })?;
         Ok(Resource::Process {
             pid,
-            start_time,
+            start_time: id.start_time,
             what: what.into(),
         })
     }
@@ -138,7 +151,7 @@ impl Resource {
             }
             Resource::Process {
                 pid, start_time, ..
-            } => process_is_running(*pid, *start_time),
+            } => process_id(*pid, *start_time).is_running(),
         })
     }
 
@@ -188,7 +201,8 @@ impl Resource {
             }
             Resource::Process {
                 pid, start_time, ..
-            } => stop_process(*pid, *start_time)?,
+            } => process::stop(&process_id(*pid, *start_time), PROCESS_GRACE)
+                .map_err(|source| RemovalError::Stop { pid: *pid, source })?,
         }
         Ok(())
     }
@@ -234,42 +248,13 @@ pub fn namespaces_with_prefix(prefix: &str) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The start time of `pid`, or `None` when there is no such process or it
-/// is a zombie (it has exited; only its parent's `wait` is missing).
-fn process_start_time(pid: u32) -> std::io::Result<Option<u64>> {
-    let stat = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    // The command name (field 2) may contain spaces and parentheses; the
-    // fields after its last ')' are plain: state is field 3, start time 22.
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    if fields.first() == Some(&"Z") || fields.first() == Some(&"X") {
-        return Ok(None);
+/// The [`ProcessId`] of a recorded process (a pid that does not fit an
+/// `i32` names no process: -1 is never a pid).
+fn process_id(pid: u32, start_time: u64) -> ProcessId {
+    ProcessId {
+        pid: i32::try_from(pid).unwrap_or(-1),
+        start_time,
     }
-    Ok(fields.get(19).and_then(|f| f.parse().ok()))
-}
-
-fn process_is_running(pid: u32, start_time: u64) -> bool {
-    matches!(process_start_time(pid), Ok(Some(t)) if t == start_time)
-}
-
-/// SIGTERM, a grace period, then SIGKILL.
-fn stop_process(pid: u32, start_time: u64) -> Result<(), CommandError> {
-    let pid_arg = pid.to_string();
-    HostCommand::new("kill", &["-TERM", &pid_arg]).run()?;
-    let deadline = Instant::now() + PROCESS_GRACE;
-    while Instant::now() < deadline {
-        if !process_is_running(pid, start_time) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    HostCommand::new("kill", &["-KILL", &pid_arg])
-        .run()
-        .map(drop)
 }
 
 #[cfg(test)]

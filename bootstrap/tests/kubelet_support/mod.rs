@@ -19,7 +19,6 @@
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -651,25 +650,13 @@ fn remove_namespaces_of(tag: &str) {
 /// SIGKILLs every process whose network namespace is `netns`, and reaps
 /// those that are (or were reparented to) this process.
 fn kill_processes_in(netns: &Path) {
-    let Ok(target) = std::fs::metadata(netns).map(|m| (m.dev(), m.ino())) else {
-        return;
-    };
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
-    };
+    let me = std::process::id();
     let mut killed = Vec::new();
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+    for pid in tailroute::lab::daemon::pids_in_netns(netns).unwrap_or_default() {
+        let Ok(pid) = i32::try_from(pid) else {
             continue;
         };
-        let Ok(ns) = std::fs::metadata(entry.path().join("ns/net")) else {
-            continue;
-        };
-        if (ns.dev(), ns.ino()) == target && pid != std::process::id() as i32 {
+        if pid as u32 != me {
             // SAFETY: kill(2); the pid was just seen in the namespace.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             killed.push(pid);
