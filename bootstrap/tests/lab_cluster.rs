@@ -295,36 +295,6 @@ fn nodes(status: &Value) -> Vec<(String, String, Vec<IpAddr>)> {
         .collect()
 }
 
-/// Pings `dst` from `ns` out of tailscale0 until answered or `within`
-/// passes (the first packets between fresh peers take ~5 s).
-fn tailnet_ping(ns: &str, dst: IpAddr, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        let ok = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                ns,
-                "ping",
-                "-n",
-                "-q",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "-I",
-                "tailscale0",
-            ])
-            .arg(dst.to_string())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return true;
-        }
-    }
-    false
-}
-
 /// The checks both topologies share: tailnet, podCIDRs, scheduling.
 fn check_running_lab(lab: &CliLab, nodes_wanted: usize, dual_stack: bool) {
     let status = lab.status();
@@ -357,7 +327,11 @@ fn check_running_lab(lab: &CliLab, nodes_wanted: usize, dual_stack: bool) {
                 for ip in ips {
                     scope.spawn(move || {
                         assert!(
-                            tailnet_ping(ns, *ip, Duration::from_secs(20)),
+                            tailroute::lab::cluster::pings_over_tailnet(
+                                ns,
+                                *ip,
+                                Instant::now() + Duration::from_secs(20)
+                            ),
                             "{name} cannot ping {other} at {ip} over tailscale0"
                         );
                     });

@@ -588,6 +588,25 @@ fn wait_for_tailnet_mesh(
     })
 }
 
+/// Pings `ip` from `namespace` out of `tailscale0`, one probe at a time,
+/// until it answers (true) or `deadline` passes (false).
+pub fn pings_over_tailnet(namespace: &str, ip: IpAddr, deadline: Instant) -> bool {
+    let ip = ip.to_string();
+    let ping = HostCommand::exec_in(
+        namespace,
+        "ping",
+        &["-n", "-q", "-c", "1", "-W", "1", "-I", "tailscale0", &ip],
+    );
+    while Instant::now() < deadline {
+        if ping.run().is_ok() {
+            return true;
+        }
+        // A ping that fails at once (no route yet) must not spin.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
 /// Waits until every node gets an answer from every other node's tailnet
 /// IPv4 over tailscale0. The first packets between freshly joined peers
 /// take about 5 s (docs/lab-peers.md); `up` returns a lab whose tailnet
@@ -602,25 +621,8 @@ fn wait_for_tailnet_paths(info: &LabInfo, timeout: Duration) -> Result<(), LabEr
                     continue;
                 };
                 probes.push(scope.spawn(move || {
-                    let ping = HostCommand::exec_in(
-                        &from.namespace,
-                        "ping",
-                        &[
-                            "-n",
-                            "-q",
-                            "-c",
-                            "1",
-                            "-W",
-                            "1",
-                            "-I",
-                            "tailscale0",
-                            &ip.to_string(),
-                        ],
-                    );
-                    while Instant::now() < deadline {
-                        if ping.run().is_ok() {
-                            return None;
-                        }
+                    if pings_over_tailnet(&from.namespace, ip, deadline) {
+                        return None;
                     }
                     Some(format!("{} -> {} ({ip})", from.name, to.name))
                 }));
