@@ -421,6 +421,122 @@ fn check_running_lab(lab: &CliLab, nodes_wanted: usize, dual_stack: bool) {
     }
 }
 
+/// Writes a conflist for tailroute-bridge on n1, as the node agent will:
+/// n1's pods of the Deployment then run, with an address from n1's
+/// podCIDR, `lab exec` reaches into one, and its server answers from n1.
+fn pods_run_once_a_node_has_a_cni_config(lab: &CliLab) {
+    let status = lab.status();
+    let n1 = &status["lab"]["nodes"][0];
+    assert_eq!(n1["name"], "n1");
+    let node_ns = n1["namespace"].as_str().expect("namespace").to_owned();
+    let node: Value =
+        serde_json::from_str(&lab.kubectl(&["get", "node", "n1", "-o", "json"], None))
+            .expect("node JSON");
+    let pod_cidr = node["spec"]["podCIDR"]
+        .as_str()
+        .expect("podCIDR")
+        .to_owned();
+    let conf_dir = PathBuf::from(n1["cni_conf_dir"].as_str().expect("conf dir"));
+    // The plugin's state is per node: every lab node shares this host's /run.
+    let node_dir = conf_dir.ancestors().nth(3).expect("<state>/nodes/n1");
+    let data_dir = node_dir.join("bridge-state");
+    let conflist = serde_json::json!({
+        "cniVersion": "1.1.0",
+        "name": "tailroute",
+        "plugins": [{
+            "type": "tailroute-bridge",
+            "ipam": {"ranges": [[{"subnet": pod_cidr}]], "dataDir": data_dir},
+        }],
+    });
+    let tmp = conf_dir.join(".10-tailroute.conflist.tmp");
+    std::fs::write(&tmp, conflist.to_string()).expect("write conflist");
+    std::fs::rename(&tmp, conf_dir.join("10-tailroute.conflist")).expect("rename conflist");
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (name, ip) = loop {
+        let pods: Value = serde_json::from_str(&lab.kubectl(
+            &[
+                "get",
+                "pods",
+                "-l",
+                "app=web",
+                "--field-selector=spec.nodeName=n1",
+                "-o",
+                "json",
+            ],
+            None,
+        ))
+        .expect("pods");
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let running: Vec<(String, IpAddr)> = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter_map(|p| {
+                Some((
+                    p["metadata"]["name"].as_str()?.to_owned(),
+                    p["status"]["podIP"].as_str()?.parse().ok()?,
+                ))
+            })
+            .collect();
+        if !items.is_empty() && running.len() == items.len() {
+            break running[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "n1's pods do not run with a CNI config: {pods}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let prefix = pod_cidr.rsplit_once('.').expect("cidr").0.to_owned();
+    assert!(
+        ip.to_string().starts_with(&prefix),
+        "pod IP {ip} is not from {pod_cidr}"
+    );
+
+    let exec = lab
+        .command("exec")
+        .args([
+            format!("default/{name}"),
+            "--".into(),
+            "ip".into(),
+            "-o".into(),
+            "-4".into(),
+        ])
+        .args(["addr", "show", "eth0"])
+        .output()
+        .expect("lab exec");
+    let shown = String::from_utf8_lossy(&exec.stdout);
+    assert!(
+        exec.status.success(),
+        "lab exec: {}",
+        String::from_utf8_lossy(&exec.stderr)
+    );
+    assert!(
+        shown.contains(&format!("inet {ip}/")),
+        "eth0 in the pod: {shown}"
+    );
+
+    let answer = common::in_netns(&node_ns, || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(ip, 8080),
+            Duration::from_secs(3),
+        )
+        .expect("connect to the pod server");
+        // Saying nothing more, so the server answers at once.
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown");
+        let mut text = String::new();
+        stream.read_to_string(&mut text).expect("read");
+        text
+    });
+    assert!(
+        answer.contains(&format!("pod=default/{name} client=")),
+        "{answer}"
+    );
+}
+
 const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
@@ -481,6 +597,7 @@ fn a_three_node_flat_lab_comes_up_meshes_schedules_and_goes_away() {
     let out = lab.up(3, "flat", false);
     println!("{out}");
     check_running_lab(&lab, 3, false);
+    pods_run_once_a_node_has_a_cni_config(&lab);
     report_figures(&lab, "flat, 3 nodes");
     lab.down_and_check();
 }
