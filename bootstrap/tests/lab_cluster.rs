@@ -421,6 +421,45 @@ fn check_running_lab(lab: &CliLab, nodes_wanted: usize, dual_stack: bool) {
     }
 }
 
+/// Waits until every node's path to every other is `direct`, pinging
+/// meanwhile (a path is only upgraded while it carries traffic).
+fn every_path_goes_direct(lab: &CliLab, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let status = lab.status();
+        let nodes = nodes(&status);
+        let relayed: Vec<String> = status["tailnet"]
+            .as_array()
+            .expect("tailnet")
+            .iter()
+            .flat_map(|view| {
+                let from = view["node"].as_str().unwrap_or("?").to_owned();
+                view["peers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| !p[2].as_str().is_some_and(|path| path.starts_with("direct")))
+                    .map(move |p| format!("{from} -> {}: {}", p[0], p[2]))
+            })
+            .collect();
+        if relayed.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "paths not direct through the NATs: {relayed:?}"
+        );
+        for (from, ns, _) in &nodes {
+            for (_, _, ips) in nodes.iter().filter(|(to, _, _)| to != from) {
+                // One probe: a deadline just ahead lets the loop run once.
+                let once = Instant::now() + Duration::from_millis(1);
+                tailroute::lab::cluster::pings_over_tailnet(ns, ips[0], once);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Writes a conflist for tailroute-bridge on n1, as the node agent will:
 /// n1's pods of the Deployment then run, with an address from n1's
 /// podCIDR, `lab exec` reaches into one, and its server answers from n1.
@@ -645,6 +684,9 @@ fn a_three_node_dual_stack_hybrid_lab_has_only_the_tailnet_between_nodes() {
         }
     }
     common::assert_none_reach(&pairs);
+    // ... and yet the nodes talk directly, through both NATs (UDP hole
+    // punching), not through the DERP relay.
+    every_path_goes_direct(&lab, Duration::from_secs(30));
     report_figures(&lab, "hybrid, dual-stack, 3 nodes");
     lab.down_and_check();
 }

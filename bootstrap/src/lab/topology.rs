@@ -276,6 +276,13 @@ fn forwarding(namespace: &str, on: bool, ipv6: bool) -> HostCommand {
 /// the WAN address; from the WAN side only replies get in, so no one on
 /// the underlay (another node's router included) can open a connection to
 /// the node's private address.
+///
+/// Unsolicited UDP from the WAN is dropped on input, as a home router's
+/// firewall does. Besides realism this matters for NAT traversal: a peer's
+/// first hole-punching packet would otherwise be accepted for local
+/// delivery, and its conntrack entry would take the WAN port the node's own
+/// outgoing flow needs, so the masquerade picks another port and the
+/// direct path never forms (the tailnet stays on the DERP relay).
 fn nat_ruleset(router: &Router) -> String {
     let wan = &router.wan.name;
     let lan = &router.lan.name;
@@ -299,6 +306,10 @@ fn nat_ruleset(router: &Router) -> String {
          \t\ttype filter hook forward priority filter; policy drop;\n\
          \t\tct state established,related accept\n\
          \t\tiifname \"{lan}\" oifname \"{wan}\" accept\n\
+         \t}}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiifname \"{wan}\" meta l4proto udp ct state new drop\n\
          \t}}\n\
          }}\n",
         table = router.nat_table,
