@@ -135,7 +135,12 @@ fn wait_exit(pidfd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
             return Ok(true);
         }
         if rc == 0 {
-            return Ok(false);
+            // poll's timeout may end a little before our deadline (its
+            // clock is not Instant's): only a deadline passed is a timeout.
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            continue;
         }
         let err = io::Error::last_os_error();
         if err.kind() != io::ErrorKind::Interrupted {
@@ -192,7 +197,12 @@ mod tests {
         let id = ProcessId::of(stubborn.id() as i32).unwrap();
         let start = Instant::now();
         stop(&id, Duration::from_millis(200)).unwrap();
-        assert!(start.elapsed() >= Duration::from_millis(200));
-        assert!(!stubborn.wait().unwrap().success());
+        let elapsed = start.elapsed();
+        let status = stubborn.wait().unwrap();
+        assert!(
+            elapsed >= Duration::from_millis(200),
+            "stopped after {elapsed:?} with {status:?}"
+        );
+        assert!(!status.success());
     }
 }
