@@ -53,6 +53,6 @@ pub fn require_root() {
     assert!(
         is_root(),
         "this test needs root (it creates network namespaces); \
-         run it as root, e.g. `sudo -E cargo test -p cni-testbed`"
+         run it as root, e.g. `sudo -E make test`"
     );
 }
