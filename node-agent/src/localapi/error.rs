@@ -43,6 +43,15 @@ pub enum LocalApiError {
         /// The operating system's error.
         source: io::Error,
     },
+    /// This client could not build the request (a bug in this client: the
+    /// paths it sends are fixed).
+    #[error("{request}: cannot build the request: {reason}")]
+    InvalidRequest {
+        /// Method and path.
+        request: String,
+        /// What was wrong with it.
+        reason: String,
+    },
     /// tailscaled did not answer in time.
     #[error(
         "{request} took longer than {timeout:?}: tailscaled is stuck or overloaded; \
@@ -115,6 +124,7 @@ impl LocalApiError {
             LocalApiError::PermissionDenied { .. } => "permission_denied",
             LocalApiError::NotListening { .. } => "not_listening",
             LocalApiError::Connect { .. } => "connect",
+            LocalApiError::InvalidRequest { .. } => "invalid_request",
             LocalApiError::Timeout { .. } => "timeout",
             LocalApiError::Http { .. } => "http",
             LocalApiError::Forbidden { .. } => "forbidden",

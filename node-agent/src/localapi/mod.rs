@@ -202,10 +202,9 @@ impl LocalApiClient {
         }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| LocalApiError::Connect {
-                // Only a malformed path gets here, which is a bug in this module.
-                path: self.socket.clone(),
-                source: std::io::Error::other(e),
+            .map_err(|e| LocalApiError::InvalidRequest {
+                request: request_name.clone(),
+                reason: e.to_string(),
             })?;
         let response = sender.send_request(request).await.map_err(http_error)?;
         Ok((response, connection))
