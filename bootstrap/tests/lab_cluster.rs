@@ -208,21 +208,11 @@ impl Drop for CliLab {
 
 /// Downs labs of earlier test runs that were killed outright.
 fn reap_stale() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(tag) = name.strip_prefix(STATE_PREFIX) else {
-            continue;
-        };
-        let pid = u32::from_str_radix(&tag[1..], 36).unwrap_or(0);
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = Command::new(tailroute())
-                .args(["lab", "down", &format!("--name={tag}")])
-                .arg(format!("--state-dir={}", entry.path().display()))
-                .output();
-        }
+    for (tag, dir) in common::stale_state_dirs(STATE_PREFIX) {
+        let _ = Command::new(tailroute())
+            .args(["lab", "down", &format!("--name={tag}")])
+            .arg(format!("--state-dir={}", dir.display()))
+            .output();
     }
 }
 

@@ -153,10 +153,15 @@ fn serving_extensions(ips: &[IpAddr]) -> String {
 
 /// A random token: 32 hex digits from the kernel's CSPRNG.
 pub fn random_token() -> std::io::Result<String> {
+    random_hex(16)
+}
+
+/// `bytes` random bytes from the kernel's CSPRNG, as lowercase hex.
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
     use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]

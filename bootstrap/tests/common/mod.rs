@@ -45,22 +45,30 @@ fn tag_pid(tag: &str) -> Option<u32> {
     u32::from_str_radix(digits, 36).ok()
 }
 
-/// Tears down test labs of earlier runs that were killed outright (no Drop
-/// ran): those whose creating process is gone.
-fn reap_stale_labs() {
+/// `(tag, state dir)` of every `<tmp>/<prefix><tag>` whose creating test
+/// process (encoded in the tag by [`unique_tag`]) is gone: labs of runs
+/// that were killed outright, so no Drop cleaned up.
+pub fn stale_state_dirs(prefix: &str) -> Vec<(String, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
+        return Vec::new();
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(tag) = name.strip_prefix(STATE_DIR_PREFIX) else {
-            continue;
-        };
-        let alive = tag_pid(tag).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-        if !alive {
-            if let Ok(Some(ledger)) = Ledger::open(entry.path()) {
-                let _ = down(ledger);
-            }
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let tag = name.strip_prefix(prefix)?.to_owned();
+            let alive =
+                tag_pid(&tag).is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+            (!alive).then(|| (tag, entry.path()))
+        })
+        .collect()
+}
+
+/// Tears down test labs of earlier runs that were killed outright.
+fn reap_stale_labs() {
+    for (_, dir) in stale_state_dirs(STATE_DIR_PREFIX) {
+        if let Ok(Some(ledger)) = Ledger::open(dir) {
+            let _ = down(ledger);
         }
     }
 }

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Client;
+use tailroute::lab::peers::{cache_root, Peers};
+use tailroute::lab::process::ProcessId;
 
 /// Where the namespaces live.
 const NETNS_DIR: &str = "/run/netns";
@@ -78,54 +80,10 @@ fn temp_dir_of(tag: &str) -> PathBuf {
     std::env::temp_dir().join(format!("tailroute-kubelet-test-{tag}"))
 }
 
-/// The peers' binaries, built by `scripts/build-peers.sh`.
-#[derive(Debug)]
-struct Peers {
-    etcd: PathBuf,
-    kube_apiserver: PathBuf,
-    kube_controller_manager: PathBuf,
-}
-
-impl Peers {
-    fn find() -> Peers {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let env_file = manifest.join("../scripts/peers.env");
-        let versions = std::fs::read_to_string(&env_file)
-            .unwrap_or_else(|e| panic!("read {}: {e}", env_file.display()));
-        let version = |key: &str| {
-            versions
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .unwrap_or_else(|| panic!("{key} missing from {}", env_file.display()))
-                .trim()
-                .to_owned()
-        };
-        let cache = std::env::var_os("TAILROUTE_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| Path::new(&d).join("tailroute")))
-            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/tailroute")))
-            .expect("HOME is set");
-        let peers = cache.join("peers");
-        let kubernetes = peers.join(format!("kubernetes-{}", version("KUBERNETES_VERSION")));
-        let etcd = peers.join(format!("etcd-{}", version("ETCD_VERSION")));
-        let found = Peers {
-            etcd: etcd.join("etcd"),
-            kube_apiserver: kubernetes.join("kube-apiserver"),
-            kube_controller_manager: kubernetes.join("kube-controller-manager"),
-        };
-        for bin in [
-            &found.etcd,
-            &found.kube_apiserver,
-            &found.kube_controller_manager,
-        ] {
-            assert!(
-                bin.is_file(),
-                "{} is missing: build the peers with scripts/build-peers.sh",
-                bin.display()
-            );
-        }
-        found
-    }
+/// The peers' binaries, built by `scripts/build-peers.sh`, found as `lab up`
+/// finds them.
+fn find_peers() -> Peers {
+    Peers::locate(&cache_root()).unwrap_or_else(|missing| panic!("{missing}"))
 }
 
 /// The CNI plugin under test, built beside the `tailroute` binary.
@@ -216,7 +174,7 @@ impl ControlPlane {
         // then reparented: to this process, so it can reap them.
         // SAFETY: prctl with an integer argument; it only sets a flag.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        let peers = Peers::find();
+        let peers = find_peers();
         let tag = tag(letter);
         let dir = temp_dir_of(&tag);
         let _ = std::fs::remove_dir_all(&dir);
@@ -597,19 +555,13 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
 /// True while a process with `pid` and `start_time` runs (not a zombie).
 /// A zombie child of ours (a reparented pod server) is reaped on the way.
 pub fn process_runs(pid: i32, start_time: u64) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let state = fields.first().copied().unwrap_or("X");
-    let started = fields.get(19).and_then(|f| f.parse::<u64>().ok());
-    if state == "Z" {
+    let runs = ProcessId { pid, start_time }.is_running();
+    if !runs {
         // SAFETY: waitpid on one pid, without blocking; ECHILD if it is not
         // ours, which is fine.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
     }
-    started == Some(start_time) && state != "Z" && state != "X"
+    runs
 }
 
 /// Runs a command, panicking with its stderr on failure.

@@ -258,9 +258,7 @@ pub fn netns_name(prefix: &str, uid: &str) -> String {
 
 /// 64 random hex digits, as containerd's sandbox ids.
 fn new_sandbox_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    crate::lab::pki::random_hex(32)
 }
 
 /// FNV-1a, 64 bits: a hash that stays the same across Rust releases

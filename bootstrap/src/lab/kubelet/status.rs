@@ -10,7 +10,7 @@
 
 use std::net::IpAddr;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
@@ -87,14 +87,7 @@ pub fn status_patch(pod: &Pod, node_ips: &[IpAddr], report: &PodReport, now: Tim
     let container_statuses: Vec<Value> = containers
         .iter()
         .map(|c| {
-            let mut status = json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "ready": running,
-                "started": running,
-                "restartCount": 0,
-            });
+            let mut status = container_status(c, running, running);
             match report {
                 PodReport::Running {
                     container_id,
@@ -118,14 +111,7 @@ pub fn status_patch(pod: &Pod, node_ips: &[IpAddr], report: &PodReport, now: Tim
     let init_statuses: Vec<Value> = init_containers
         .iter()
         .map(|c| {
-            let mut status = json!({
-                "name": c.name,
-                "image": c.image.clone().unwrap_or_default(),
-                "imageID": "",
-                "ready": running,
-                "started": false,
-                "restartCount": 0,
-            });
+            let mut status = container_status(c, running, false);
             match report {
                 PodReport::Running {
                     container_id,
@@ -211,6 +197,19 @@ pub fn has_ready_reason(pod: &Pod, reason: &str) -> bool {
         .into_iter()
         .flatten()
         .any(|c| c.type_ == "Ready" && c.reason.as_deref() == Some(reason))
+}
+
+/// The fields every container status has; `state` and, once running,
+/// `containerID` are added by the caller.
+fn container_status(container: &Container, ready: bool, started: bool) -> Value {
+    json!({
+        "name": container.name,
+        "image": container.image.clone().unwrap_or_default(),
+        "imageID": "",
+        "ready": ready,
+        "started": started,
+        "restartCount": 0,
+    })
 }
 
 #[cfg(test)]
