@@ -14,8 +14,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
+use crate::test_support::{tempdir, TempDir};
+
 /// One expected request and the answer to give.
-pub(super) struct Exchange {
+pub(crate) struct Exchange {
     method: &'static str,
     target: String,
     body: Option<serde_json::Value>,
@@ -23,7 +25,7 @@ pub(super) struct Exchange {
 }
 
 /// How the fake answers.
-pub(super) enum Reply {
+pub(crate) enum Reply {
     /// This status with this body, as `application/json`.
     Json(u16, String),
     /// This status with this body, as `text/plain`, like Go's `http.Error`.
@@ -37,7 +39,7 @@ pub(super) enum Reply {
 
 impl Exchange {
     /// Expects `method target` with no body.
-    pub(super) fn new(method: &'static str, target: &str, reply: Reply) -> Exchange {
+    pub(crate) fn new(method: &'static str, target: &str, reply: Reply) -> Exchange {
         Exchange {
             method,
             target: target.to_owned(),
@@ -47,14 +49,14 @@ impl Exchange {
     }
 
     /// Also expects this JSON body.
-    pub(super) fn with_body(mut self, body: serde_json::Value) -> Exchange {
+    pub(crate) fn with_body(mut self, body: serde_json::Value) -> Exchange {
         self.body = Some(body);
         self
     }
 }
 
 /// A recorded v1.98.10 answer from `testdata/localapi/v1.98.10/`.
-pub(super) fn recorded(name: &str) -> String {
+pub(crate) fn recorded(name: &str) -> String {
     let path = format!(
         "{}/testdata/localapi/v1.98.10/{name}",
         env!("CARGO_MANIFEST_DIR")
@@ -63,7 +65,7 @@ pub(super) fn recorded(name: &str) -> String {
 }
 
 /// The fake tailscaled, serving its script until finished or dropped.
-pub(super) struct FakeTailscaled {
+pub(crate) struct FakeTailscaled {
     dir: TempDir,
     socket: PathBuf,
     expected: usize,
@@ -74,8 +76,8 @@ pub(super) struct FakeTailscaled {
 
 impl FakeTailscaled {
     /// Listens on a fresh socket in a temporary directory.
-    pub(super) fn start(script: Vec<Exchange>) -> FakeTailscaled {
-        let dir = TempDir::new();
+    pub(crate) fn start(script: Vec<Exchange>) -> FakeTailscaled {
+        let dir = tempdir();
         let socket = dir.path().join("tailscaled.sock");
         let listener = UnixListener::bind(&socket).expect("bind the fake's socket");
         let served = Arc::new(AtomicUsize::new(0));
@@ -98,17 +100,17 @@ impl FakeTailscaled {
     }
 
     /// The socket to point a client at.
-    pub(super) fn socket(&self) -> &Path {
+    pub(crate) fn socket(&self) -> &Path {
         &self.socket
     }
 
     /// The temporary directory holding the socket.
-    pub(super) fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// Stops serving; panics if the requests were not exactly the script.
-    pub(super) fn finish(self) {
+    pub(crate) fn finish(self) {
         self.task.abort();
         let problems = self.problems.lock().expect("not poisoned").clone();
         assert!(
@@ -312,31 +314,4 @@ async fn write_lines(conn: &mut UnixStream, lines: Vec<(Duration, String)>) -> s
     }
     conn.write_all(b"0\r\n\r\n").await?;
     conn.shutdown().await
-}
-
-/// A private temporary directory, removed on drop.
-pub(super) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(super) fn new() -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "tailroute-agent-test-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-
-    pub(super) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

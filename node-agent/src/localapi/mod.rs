@@ -31,7 +31,7 @@ mod types;
 mod watch;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
 

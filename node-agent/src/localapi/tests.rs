@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 
-use super::fake::{recorded, Exchange, FakeTailscaled, Reply, TempDir};
+use super::fake::{recorded, Exchange, FakeTailscaled, Reply};
 use super::*;
+use crate::test_support::tempdir;
 
 fn client_for(fake: &FakeTailscaled) -> LocalApiClient {
     LocalApiClient::new(fake.socket()).with_timeout(Duration::from_secs(5))
@@ -134,7 +135,7 @@ async fn a_bad_line_on_the_bus_is_an_error_and_the_watch_goes_on() {
 
 #[tokio::test]
 async fn a_missing_socket_asks_whether_tailscaled_runs() {
-    let dir = TempDir::new();
+    let dir = tempdir();
     let socket = dir.path().join("tailscaled.sock");
     let err = LocalApiClient::new(&socket)
         .status()
@@ -148,7 +149,7 @@ async fn a_missing_socket_asks_whether_tailscaled_runs() {
 
 #[tokio::test]
 async fn a_socket_nobody_listens_on_says_tailscaled_is_gone() {
-    let dir = TempDir::new();
+    let dir = tempdir();
     let socket = dir.path().join("tailscaled.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     let err = LocalApiClient::new(&socket)

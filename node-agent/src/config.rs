@@ -1,0 +1,758 @@
+//! The agent's configuration: a TOML file, flags and environment merged
+//! into one validated [`AgentConfig`] at start.
+//!
+//! Precedence, highest first: a flag, its environment variable (clap reads
+//! both), the file, the default. Secrets are never flags: the approval
+//! credential is read from a file named in the configuration or from an
+//! environment variable, and only its *source* is kept here (see
+//! [`SecretSource`]), so printing the configuration cannot leak it.
+//!
+//! Validation refuses, with the field and the fix, anything the agent
+//! cannot work with: no node name, a cluster CIDR overlapping the tailnet's
+//! own address ranges, a half-configured credential, a typo in the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// Tailscale's address ranges for devices: a pod or service CIDR inside
+/// (or around) one of them would collide with tailnet addresses.
+pub const TAILNET_RANGES: [&str; 2] = [
+    tailroute_bridge::config::TAILNET_V4,
+    tailroute_bridge::config::TAILNET_V6,
+];
+
+/// Where the DaemonSet mounts the configuration file.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/tailroute/agent.toml";
+
+/// The environment variable holding a Headscale or Tailscale API key when
+/// no key file is configured.
+pub const API_KEY_ENV: &str = "TAILROUTE_API_KEY";
+/// The environment variable holding a Tailscale OAuth client secret when no
+/// secret file is configured.
+pub const OAUTH_SECRET_ENV: &str = "TAILROUTE_OAUTH_CLIENT_SECRET";
+
+/// tailroute's node agent: keeps this node's pod route advertised, approved
+/// and working on the tailnet.
+///
+/// Every flag can also be set in the TOML file (`--config`); flags win.
+/// Secrets are read only from files or the environment.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "tailroute-agent", version, about)]
+pub struct Args {
+    /// The TOML configuration file. Without this flag the agent reads
+    /// /etc/tailroute/agent.toml when it exists.
+    #[arg(long, env = "TAILROUTE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This node's name in Kubernetes (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// A kubeconfig; without one the agent uses its in-cluster service account.
+    #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// tailscaled's LocalAPI socket.
+    #[arg(long, env = "TAILROUTE_LOCALAPI_SOCKET", value_name = "PATH")]
+    pub localapi_socket: Option<PathBuf>,
+    /// Where the CNI runtime reads network configurations.
+    #[arg(long, value_name = "DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// tailroute-bridge's data directory (written into the conflist).
+    #[arg(long, value_name = "DIR")]
+    pub bridge_data_dir: Option<PathBuf>,
+    /// Where the agent remembers which routes it advertised.
+    #[arg(long, env = "TAILROUTE_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The cluster's pod network (kubeadm's --pod-network-cidr); repeat
+    /// for dual-stack.
+    #[arg(long = "cluster-pod-cidr", value_name = "CIDR")]
+    pub cluster_pod_cidrs: Vec<IpNet>,
+    /// The cluster's service network; repeat for dual-stack.
+    #[arg(long = "service-cidr", value_name = "CIDR")]
+    pub service_cidrs: Vec<IpNet>,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "TAILROUTE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Log format.
+    #[arg(long, env = "TAILROUTE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Undo everything the agent set up on this node (conflist, its routes
+    /// in AdvertiseRoutes, its nftables table) and exit.
+    #[arg(long)]
+    pub cleanup: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (a terminal, the lab).
+    Text,
+    /// One JSON object per line (the DaemonSet).
+    Json,
+}
+
+/// The TOML file, as written. Every key is optional; unknown keys are
+/// errors, so a typo is refused instead of silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    node_name: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
+    resync_seconds: Option<u64>,
+    #[serde(default)]
+    tailscale: FileTailscale,
+    #[serde(default)]
+    cni: FileCni,
+    #[serde(default)]
+    cluster: FileCluster,
+    #[serde(default)]
+    datapath: FileDatapath,
+    #[serde(default)]
+    approval: FileApproval,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTailscale {
+    socket: Option<PathBuf>,
+    interface: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCni {
+    conf_dir: Option<PathBuf>,
+    conflist_name: Option<String>,
+    bridge: Option<String>,
+    data_dir: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
+    portmap: Option<bool>,
+    mtu: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCluster {
+    pod_cidrs: Option<Vec<IpNet>>,
+    service_cidrs: Option<Vec<IpNet>>,
+    node_tag: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDatapath {
+    manage: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApproval {
+    control: Option<ControlKind>,
+    url: Option<String>,
+    api_key_file: Option<PathBuf>,
+    oauth_client_id: Option<String>,
+    oauth_client_secret_file: Option<PathBuf>,
+    tailnet: Option<String>,
+}
+
+/// Which control plane's admin API approves routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlKind {
+    /// No credential: the agent only detects approval and reports.
+    None,
+    /// Headscale's REST API with an API key.
+    Headscale,
+    /// Tailscale's API v2 with an OAuth client or an API key.
+    Tailscale,
+}
+
+/// Where a secret comes from. The value itself is read when the
+/// credential is built, never stored in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file holding the secret (a mounted Kubernetes Secret).
+    File(PathBuf),
+    /// An environment variable.
+    Env(&'static str),
+}
+
+/// The credential the agent may use to approve routes and remove devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalConfig {
+    /// None configured: detect and report only.
+    DetectOnly,
+    /// Headscale's API.
+    Headscale {
+        /// Headscale's base URL (`https://headscale.example.com`).
+        url: String,
+        /// The API key.
+        api_key: SecretSource,
+    },
+    /// Tailscale's API v2 with an OAuth client (preferred: scoped, does not expire).
+    TailscaleOAuth {
+        /// The OAuth client id (not secret).
+        client_id: String,
+        /// The OAuth client secret.
+        client_secret: SecretSource,
+        /// The tailnet (`-` for the credential's own).
+        tailnet: String,
+        /// The API's base URL.
+        base_url: String,
+    },
+    /// Tailscale's API v2 with an API key (expires; an OAuth client is better).
+    TailscaleApiKey {
+        /// The API key.
+        api_key: SecretSource,
+        /// The tailnet (`-` for the credential's own).
+        tailnet: String,
+        /// The API's base URL.
+        base_url: String,
+    },
+}
+
+/// Everything the agent runs with, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// This node's name in Kubernetes.
+    pub node_name: String,
+    /// A kubeconfig, or `None` for the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// tailscaled's LocalAPI socket.
+    pub localapi_socket: PathBuf,
+    /// The tailnet interface (`tailscale0`).
+    pub tailnet_interface: String,
+    /// Where the conflist goes.
+    pub cni_conf_dir: PathBuf,
+    /// The conflist's file name (sorted first among the runtime's configs).
+    pub conflist_name: String,
+    /// The bridge tailroute-bridge creates.
+    pub bridge: String,
+    /// tailroute-bridge's data directory.
+    pub bridge_data_dir: PathBuf,
+    /// An MTU for pods instead of tailscale0's (rarely right; see docs).
+    pub mtu_override: Option<u32>,
+    /// Where the runtime looks for CNI plugins.
+    pub cni_bin_dir: PathBuf,
+    /// Whether to chain `portmap` (hostPort); `None`: when it is installed.
+    pub portmap: Option<bool>,
+    /// The cluster's pod network(s).
+    pub cluster_pod_cidrs: Vec<IpNet>,
+    /// The cluster's service network(s).
+    pub service_cidrs: Vec<IpNet>,
+    /// The tag cluster nodes carry on the tailnet (for the policy snippet).
+    pub node_tag: String,
+    /// Whether the agent owns forwarding sysctls and its nftables table.
+    pub manage_datapath: bool,
+    /// How routes get approved.
+    pub approval: ApprovalConfig,
+    /// Where the agent keeps its state (the routes it added).
+    pub state_dir: PathBuf,
+    /// Address of the health and metrics server.
+    pub listen: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// How often the agent re-checks everything without being woken.
+    pub resync: Duration,
+    /// Undo and exit.
+    pub cleanup: bool,
+}
+
+/// A configuration the agent refuses to run with.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown key or a bad value.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// toml's message: line, column and what was expected.
+        message: String,
+    },
+    /// A value is missing or wrong; the message names the field and the fix.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    /// The default resync period.
+    pub const DEFAULT_RESYNC: Duration = Duration::from_secs(30);
+    /// The default address of the health and metrics server.
+    pub const DEFAULT_LISTEN: &'static str = "0.0.0.0:9740";
+    /// The conflist's default name: `10-` sorts it before most others.
+    pub const DEFAULT_CONFLIST: &'static str = "10-tailroute.conflist";
+
+    /// Reads the file (the one named in `args`, else the default path when
+    /// it exists), merges `args` over it, and validates the result.
+    pub fn load(args: &Args) -> Result<AgentConfig, ConfigError> {
+        let path = match &args.config {
+            Some(path) => Some(path.clone()),
+            None => Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()),
+        };
+        let text = match &path {
+            Some(path) => std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let origin = path.unwrap_or_else(|| PathBuf::from("(no configuration file)"));
+        AgentConfig::from_parts(&text, &origin, args)
+    }
+
+    /// Merges `args` over the TOML `text` (read from `origin`) and validates.
+    pub fn from_parts(text: &str, origin: &Path, args: &Args) -> Result<AgentConfig, ConfigError> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |msg: String| ConfigError::Invalid(msg);
+
+        let node_name = args
+            .node_name
+            .clone()
+            .or(file.node_name)
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "no node name: pass --node-name or set NODE_NAME (the DaemonSet sets it \
+                     from spec.nodeName)"
+                        .to_owned(),
+                )
+            })?;
+        if !is_dns_subdomain(&node_name) {
+            return Err(invalid(format!(
+                "node name {node_name:?} is not a valid Kubernetes node name \
+                 (lowercase letters, digits, '-' and '.', at most 253 characters)"
+            )));
+        }
+
+        let cluster_pod_cidrs = nonempty_or(args.cluster_pod_cidrs.clone(), file.cluster.pod_cidrs)
+            .ok_or_else(|| {
+                invalid(
+                    "no cluster pod CIDR: set cluster.pod_cidrs in the file or pass \
+                     --cluster-pod-cidr (kubeadm's --pod-network-cidr, e.g. 10.244.0.0/16)"
+                        .to_owned(),
+                )
+            })?;
+        let service_cidrs = nonempty_or(args.service_cidrs.clone(), file.cluster.service_cidrs)
+            .unwrap_or_else(|| vec![net("10.96.0.0/12")]);
+        check_cidrs("pod", &cluster_pod_cidrs)?;
+        check_cidrs("service", &service_cidrs)?;
+        for pod in &cluster_pod_cidrs {
+            if let Some(svc) = service_cidrs.iter().find(|s| overlaps(pod, s)) {
+                return Err(invalid(format!(
+                    "the pod CIDR {pod} overlaps the service CIDR {svc}: they must be disjoint \
+                     (kubeadm's defaults are 10.244.0.0/16 and 10.96.0.0/12)"
+                )));
+            }
+        }
+
+        let mtu_override = file.cni.mtu;
+        if let Some(mtu) = mtu_override {
+            if !(576..=65535).contains(&mtu) {
+                return Err(invalid(format!(
+                    "cni.mtu = {mtu} is out of range 576..65535; leave it unset to use \
+                     the tailnet interface's MTU"
+                )));
+            }
+        }
+        let node_tag = file
+            .cluster
+            .node_tag
+            .unwrap_or_else(|| "tag:k8s-node".to_owned());
+        if !node_tag.starts_with("tag:") || node_tag.len() <= 4 {
+            return Err(invalid(format!(
+                "cluster.node_tag = {node_tag:?}: a tag looks like \"tag:k8s-node\""
+            )));
+        }
+        let conflist_name = file
+            .cni
+            .conflist_name
+            .unwrap_or_else(|| AgentConfig::DEFAULT_CONFLIST.to_owned());
+        if !conflist_name.ends_with(".conflist") || conflist_name.contains('/') {
+            return Err(invalid(format!(
+                "cni.conflist_name = {conflist_name:?}: must be a file name ending in \
+                 .conflist (the runtime ignores other names)"
+            )));
+        }
+        let resync = Duration::from_secs(file.resync_seconds.unwrap_or(30));
+        if resync.is_zero() {
+            return Err(invalid(
+                "resync_seconds = 0: set at least 1 (30 is the default)".to_owned(),
+            ));
+        }
+
+        Ok(AgentConfig {
+            node_name,
+            kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
+            localapi_socket: args
+                .localapi_socket
+                .clone()
+                .or(file.tailscale.socket)
+                .unwrap_or_else(|| crate::localapi::LocalApiClient::DEFAULT_SOCKET.into()),
+            tailnet_interface: file
+                .tailscale
+                .interface
+                .unwrap_or_else(|| "tailscale0".to_owned()),
+            cni_conf_dir: args
+                .cni_conf_dir
+                .clone()
+                .or(file.cni.conf_dir)
+                .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            conflist_name,
+            bridge: file
+                .cni
+                .bridge
+                .unwrap_or_else(|| tailroute_bridge::config::DEFAULT_BRIDGE.to_owned()),
+            bridge_data_dir: args
+                .bridge_data_dir
+                .clone()
+                .or(file.cni.data_dir)
+                .unwrap_or_else(|| tailroute_bridge::config::DEFAULT_DATA_DIR.into()),
+            mtu_override,
+            cni_bin_dir: file.cni.bin_dir.unwrap_or_else(|| "/opt/cni/bin".into()),
+            portmap: file.cni.portmap,
+            cluster_pod_cidrs,
+            service_cidrs,
+            node_tag,
+            manage_datapath: file.datapath.manage.unwrap_or(true),
+            approval: approval_config(file.approval)?,
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/var/lib/tailroute".into()),
+            listen: args.listen.or(file.listen).unwrap_or_else(|| {
+                AgentConfig::DEFAULT_LISTEN
+                    .parse()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 9740)))
+            }),
+            log_format: args
+                .log_format
+                .or(file.log_format)
+                .unwrap_or(LogFormat::Text),
+            resync,
+            cleanup: args.cleanup,
+        })
+    }
+
+    /// The conflist's full path.
+    pub fn conflist_path(&self) -> PathBuf {
+        self.cni_conf_dir.join(&self.conflist_name)
+    }
+
+    /// Whether the conflist chains `portmap`: as configured, else when the
+    /// plugin is installed (chaining a missing plugin would fail every pod).
+    pub fn chain_portmap(&self) -> bool {
+        self.portmap
+            .unwrap_or_else(|| self.cni_bin_dir.join("portmap").exists())
+    }
+}
+
+fn approval_config(file: FileApproval) -> Result<ApprovalConfig, ConfigError> {
+    let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+    let api_key = |file: Option<PathBuf>| match file {
+        Some(path) => SecretSource::File(path),
+        None => SecretSource::Env(API_KEY_ENV),
+    };
+    let tailnet = file.tailnet.unwrap_or_else(|| "-".to_owned());
+    match file.control.unwrap_or(ControlKind::None) {
+        ControlKind::None => {
+            if file.url.is_some() || file.api_key_file.is_some() || file.oauth_client_id.is_some() {
+                return invalid(
+                    "approval: a URL or credential is set but approval.control is not: set \
+                     approval.control = \"headscale\" or \"tailscale\""
+                        .to_owned(),
+                );
+            }
+            Ok(ApprovalConfig::DetectOnly)
+        }
+        ControlKind::Headscale => {
+            let Some(url) = file.url else {
+                return invalid(
+                    "approval.control = \"headscale\" needs approval.url, Headscale's address \
+                     (the same as tailscale up --login-server)"
+                        .to_owned(),
+                );
+            };
+            check_url("approval.url", &url)?;
+            if file.oauth_client_id.is_some() {
+                return invalid(
+                    "approval.oauth_client_id is for Tailscale; Headscale takes an API key \
+                     (approval.api_key_file or TAILROUTE_API_KEY)"
+                        .to_owned(),
+                );
+            }
+            Ok(ApprovalConfig::Headscale {
+                url,
+                api_key: api_key(file.api_key_file),
+            })
+        }
+        ControlKind::Tailscale => {
+            let base_url = file
+                .url
+                .unwrap_or_else(|| "https://api.tailscale.com".to_owned());
+            check_url("approval.url", &base_url)?;
+            match (
+                file.oauth_client_id,
+                file.oauth_client_secret_file,
+                file.api_key_file,
+            ) {
+                (Some(_), _, Some(_)) => invalid(
+                    "approval: set either an OAuth client (oauth_client_id) or an API key \
+                     (api_key_file), not both"
+                        .to_owned(),
+                ),
+                (Some(client_id), secret, None) => Ok(ApprovalConfig::TailscaleOAuth {
+                    client_id,
+                    client_secret: match secret {
+                        Some(path) => SecretSource::File(path),
+                        None => SecretSource::Env(OAUTH_SECRET_ENV),
+                    },
+                    tailnet,
+                    base_url,
+                }),
+                (None, Some(_), _) => invalid(
+                    "approval.oauth_client_secret_file is set without approval.oauth_client_id"
+                        .to_owned(),
+                ),
+                (None, None, key) => Ok(ApprovalConfig::TailscaleApiKey {
+                    api_key: api_key(key),
+                    tailnet,
+                    base_url,
+                }),
+            }
+        }
+    }
+}
+
+fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.starts_with('/') => Ok(()),
+        _ => Err(ConfigError::Invalid(format!(
+            "{field} = {url:?} is not an http:// or https:// URL"
+        ))),
+    }
+}
+
+fn check_cidrs(what: &str, cidrs: &[IpNet]) -> Result<(), ConfigError> {
+    for cidr in cidrs {
+        if cidr.network() != cidr.addr() {
+            return Err(ConfigError::Invalid(format!(
+                "the {what} CIDR {cidr} has host bits set: did you mean {}?",
+                cidr.trunc()
+            )));
+        }
+        for tailnet in TAILNET_RANGES.map(net) {
+            if overlaps(cidr, &tailnet) {
+                return Err(ConfigError::Invalid(format!(
+                    "the {what} CIDR {cidr} overlaps the tailnet's address range {tailnet}: \
+                     tailnet devices use those addresses, so routing would break; pick a \
+                     range outside 100.64.0.0/10 and fd7a:115c:a1e0::/48 (kubeadm's \
+                     default pod CIDR 10.244.0.0/16 is fine)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether two prefixes share any address (one contains the other).
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn nonempty_or(flags: Vec<IpNet>, file: Option<Vec<IpNet>>) -> Option<Vec<IpNet>> {
+    if flags.is_empty() {
+        file.filter(|v| !v.is_empty())
+    } else {
+        Some(flags)
+    }
+}
+
+fn net(s: &str) -> IpNet {
+    // Only ever called on the constants above.
+    s.parse().unwrap_or_else(|_| IpNet::default())
+}
+
+/// RFC 1123 subdomain, as Kubernetes requires of node names.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(node: &str) -> Args {
+        Args {
+            node_name: Some(node.to_owned()),
+            ..Args::default()
+        }
+    }
+
+    fn load(text: &str, args: &Args) -> Result<AgentConfig, ConfigError> {
+        AgentConfig::from_parts(text, Path::new("agent.toml"), args)
+    }
+
+    const MINIMAL: &str = "[cluster]\npod_cidrs = [\"10.244.0.0/16\"]\n";
+
+    #[test]
+    fn defaults_fill_everything_but_the_node_and_the_pod_network() {
+        let config = load(MINIMAL, &args("n1")).expect("valid");
+        assert_eq!(config.node_name, "n1");
+        assert_eq!(
+            config.localapi_socket,
+            Path::new("/var/run/tailscale/tailscaled.sock")
+        );
+        assert_eq!(
+            config.conflist_path(),
+            Path::new("/etc/cni/net.d/10-tailroute.conflist")
+        );
+        assert_eq!(config.service_cidrs, vec![net("10.96.0.0/12")]);
+        assert_eq!(config.approval, ApprovalConfig::DetectOnly);
+        assert_eq!(config.listen.port(), 9740);
+        assert_eq!(config.resync, Duration::from_secs(30));
+        assert!(config.manage_datapath);
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let text = "node_name = \"from-file\"\nstate_dir = \"/file\"\n[cluster]\n\
+                    pod_cidrs = [\"10.244.0.0/16\"]\n";
+        let mut a = args("from-flag");
+        a.state_dir = Some("/flag".into());
+        a.cluster_pod_cidrs = vec![net("10.32.0.0/16"), net("fd00:10:32::/56")];
+        let config = load(text, &a).expect("valid");
+        assert_eq!(config.node_name, "from-flag");
+        assert_eq!(config.state_dir, Path::new("/flag"));
+        assert_eq!(config.cluster_pod_cidrs.len(), 2);
+        let config = load(text, &Args::default()).expect("valid");
+        assert_eq!(config.node_name, "from-file");
+    }
+
+    #[test]
+    fn a_typo_in_the_file_is_named() {
+        let err =
+            load("[cluster]\npod_cidr = [\"10.244.0.0/16\"]\n", &args("n1")).expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.contains("agent.toml"), "{msg}");
+        assert!(msg.contains("pod_cidr"), "{msg}");
+        assert!(msg.contains("pod_cidrs"), "expected the valid keys: {msg}");
+    }
+
+    #[test]
+    fn cidrs_overlapping_the_tailnet_are_refused() {
+        for (cidr, range) in [
+            ("100.64.0.0/16", "100.64.0.0/10"),
+            ("100.0.0.0/8", "100.64.0.0/10"),
+            ("fd7a:115c:a1e0:ab::/64", "fd7a:115c:a1e0::/48"),
+        ] {
+            let text = format!("[cluster]\npod_cidrs = [\"{cidr}\"]\n");
+            let msg = load(&text, &args("n1")).expect_err(cidr).to_string();
+            assert!(msg.contains(cidr) && msg.contains(range), "{msg}");
+            let text = format!("{MINIMAL}service_cidrs = [\"{cidr}\"]\n");
+            let msg = load(&text, &args("n1")).expect_err(cidr).to_string();
+            assert!(msg.contains("service CIDR"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_fix() {
+        let cases = [
+            ("", "no node name", Args::default()),
+            ("", "no cluster pod CIDR", args("n1")),
+            (MINIMAL, "not a valid Kubernetes node name", args("Node_1")),
+            ("[cluster]\npod_cidrs = [\"10.244.1.0/16\"]\n", "did you mean 10.244.0.0/16", args("n1")),
+            (
+                "[cluster]\npod_cidrs = [\"10.96.0.0/16\"]\n",
+                "overlaps the service CIDR 10.96.0.0/12",
+                args("n1"),
+            ),
+            (&format!("{MINIMAL}[cni]\nmtu = 100\n"), "cni.mtu = 100", args("n1")),
+            (
+                &format!("{MINIMAL}[approval]\ncontrol = \"headscale\"\n"),
+                "needs approval.url",
+                args("n1"),
+            ),
+            (
+                &format!("{MINIMAL}[approval]\nurl = \"http://h\"\n"),
+                "approval.control is not",
+                args("n1"),
+            ),
+            (
+                &format!("{MINIMAL}[approval]\ncontrol = \"headscale\"\nurl = \"h:8080\"\n"),
+                "not an http:// or https:// URL",
+                args("n1"),
+            ),
+            (
+                &format!("{MINIMAL}[approval]\ncontrol = \"tailscale\"\noauth_client_id = \"k\"\napi_key_file = \"/k\"\n"),
+                "not both",
+                args("n1"),
+            ),
+        ];
+        for (text, expected, a) in cases {
+            let msg = load(text, &a).expect_err(expected).to_string();
+            assert!(msg.contains(expected), "{expected:?} not in {msg:?}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_sources_never_values() {
+        let text = format!(
+            "{MINIMAL}[approval]\ncontrol = \"headscale\"\nurl = \"http://198.18.0.2:8080\"\n\
+             api_key_file = \"/etc/tailroute/secrets/api-key\"\n"
+        );
+        let config = load(&text, &args("n1")).expect("valid");
+        assert_eq!(
+            config.approval,
+            ApprovalConfig::Headscale {
+                url: "http://198.18.0.2:8080".to_owned(),
+                api_key: SecretSource::File("/etc/tailroute/secrets/api-key".into()),
+            }
+        );
+        let text =
+            format!("{MINIMAL}[approval]\ncontrol = \"tailscale\"\noauth_client_id = \"kXYZ\"\n");
+        match load(&text, &args("n1")).expect("valid").approval {
+            ApprovalConfig::TailscaleOAuth {
+                client_secret,
+                tailnet,
+                base_url,
+                ..
+            } => {
+                assert_eq!(client_secret, SecretSource::Env(OAUTH_SECRET_ENV));
+                assert_eq!(tailnet, "-");
+                assert_eq!(base_url, "https://api.tailscale.com");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

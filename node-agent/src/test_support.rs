@@ -1,0 +1,160 @@
+//! Helpers for the unit tests.
+
+use std::path::{Path, PathBuf};
+
+/// A temporary directory, removed with everything in it on drop.
+pub(crate) struct TempDir(PathBuf);
+
+impl TempDir {
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh directory under the system's temporary directory.
+pub(crate) fn tempdir() -> TempDir {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "tailroute-agent-test-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    TempDir(dir)
+}
+
+/// One call the mock apiserver expects, and its answer.
+pub(crate) struct ApiCall {
+    method: &'static str,
+    path: String,
+    check_body: Box<dyn Fn(&serde_json::Value) + Send>,
+    reply: serde_json::Value,
+}
+
+impl ApiCall {
+    /// Expects `method path` (the query string is ignored) and answers `reply`.
+    pub(crate) fn new(method: &'static str, path: &str, reply: serde_json::Value) -> ApiCall {
+        ApiCall {
+            method,
+            path: path.to_owned(),
+            check_body: Box::new(|_| {}),
+            reply,
+        }
+    }
+
+    /// Also checks the request's JSON body.
+    pub(crate) fn body(mut self, check: impl Fn(&serde_json::Value) + Send + 'static) -> ApiCall {
+        self.check_body = Box::new(check);
+        self
+    }
+}
+
+/// The apiserver as a script: each request must be the next expected
+/// call; [`MockApiserver::finish`] fails the test on a call missing or one
+/// too many.
+pub(crate) struct MockApiserver {
+    task: tokio::task::JoinHandle<()>,
+    state: std::sync::Arc<std::sync::Mutex<MockState>>,
+}
+
+#[derive(Default)]
+struct MockState {
+    remaining: usize,
+    problems: Vec<String>,
+}
+
+impl MockApiserver {
+    /// A client talking to a mock that plays `script`.
+    pub(crate) fn start(script: Vec<ApiCall>) -> (kube::Client, MockApiserver) {
+        use http_body_util::BodyExt;
+        let (service, mut handle) = tower_test::mock::pair::<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >();
+        let state = std::sync::Arc::new(std::sync::Mutex::new(MockState {
+            remaining: script.len(),
+            problems: Vec::new(),
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let mut script = script.into_iter();
+            while let Some((request, respond)) = handle.next_request().await {
+                let method = request.method().to_string();
+                let path = request.uri().path().to_owned();
+                let bytes = request
+                    .into_body()
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes())
+                    .unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let (status, reply) = match script.next() {
+                    Some(call) if call.method == method && call.path == path => {
+                        // A failed body assertion is recorded, not raised
+                        // here, so the test sees it in `finish`.
+                        let check = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            (call.check_body)(&body)
+                        }));
+                        let mut st = shared.lock().expect("mock state");
+                        st.remaining -= 1;
+                        if check.is_err() {
+                            st.problems
+                                .push(format!("{method} {path}: unexpected body {body}"));
+                        }
+                        (200, call.reply)
+                    }
+                    Some(call) => {
+                        let mut st = shared.lock().expect("mock state");
+                        st.remaining -= 1;
+                        st.problems.push(format!(
+                            "expected {} {}, got {method} {path} with {body}",
+                            call.method, call.path
+                        ));
+                        (500, serde_json::json!({}))
+                    }
+                    None => {
+                        shared
+                            .lock()
+                            .expect("mock state")
+                            .problems
+                            .push(format!("a call too many: {method} {path} with {body}"));
+                        (500, serde_json::json!({}))
+                    }
+                };
+                let response = http::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/json")
+                    .body(kube::client::Body::from(
+                        serde_json::to_vec(&reply).unwrap_or_default(),
+                    ))
+                    .expect("response");
+                respond.send_response(response);
+            }
+        });
+        let client = kube::Client::new(service, "default");
+        (client, MockApiserver { task, state })
+    }
+
+    /// Fails the test unless every scripted call came, in order, and no other.
+    pub(crate) fn finish(self) {
+        self.task.abort();
+        let st = self.state.lock().expect("mock state");
+        let mut problems = st.problems.clone();
+        if st.remaining > 0 {
+            problems.push(format!("{} scripted call(s) never came", st.remaining));
+        }
+        assert!(
+            problems.is_empty(),
+            "apiserver script broken:\n{}",
+            problems.join("\n")
+        );
+    }
+}
