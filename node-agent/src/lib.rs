@@ -7,4 +7,5 @@
 // Every public item is documented; keep it that way.
 #![warn(missing_docs)]
 
+pub mod control;
 pub mod localapi;
