@@ -12,6 +12,7 @@ pub mod advertiser;
 pub mod approval;
 pub mod config;
 pub mod conflist;
+pub mod control;
 pub mod endpoints;
 pub mod localapi;
 pub mod metrics;
