@@ -7,4 +7,5 @@
 // Every public item is documented; keep it that way.
 #![warn(missing_docs)]
 
+pub mod datapath;
 pub mod localapi;
