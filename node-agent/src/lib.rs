@@ -13,6 +13,7 @@ pub mod approval;
 pub mod config;
 pub mod conflist;
 pub mod control;
+pub mod datapath;
 pub mod endpoints;
 pub mod localapi;
 pub mod metrics;
