@@ -9,9 +9,66 @@
 //! self update (the next prefs or endpoint change), so when the agent
 //! approves through an API it also trusts the API's answer.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
+use crate::config::ApprovalConfig;
+use crate::control::{ControlError, ControlPlane, Credential, DeviceQuery};
 use crate::localapi::Status;
+use crate::reconcile::{ApprovalFailure, RouteApprover};
+
+/// The control plane client for the configured credential, with the secret
+/// read from its file or environment variable; `None` when none is
+/// configured (detect and report only).
+pub fn control_plane(config: &ApprovalConfig) -> Result<Option<ControlPlane>, ControlError> {
+    let credential = match config {
+        ApprovalConfig::DetectOnly => return Ok(None),
+        ApprovalConfig::Headscale { url, api_key } => Credential::headscale(url, api_key.load()?),
+        ApprovalConfig::TailscaleOAuth {
+            client_id,
+            client_secret,
+            tailnet,
+            base_url,
+        } => Credential::tailscale_oauth(client_id, client_secret.load()?)
+            .with_tailnet(tailnet)
+            .with_base_url(base_url),
+        ApprovalConfig::TailscaleApiKey {
+            api_key,
+            tailnet,
+            base_url,
+        } => Credential::tailscale_api_key(api_key.load()?)
+            .with_tailnet(tailnet)
+            .with_base_url(base_url),
+    };
+    ControlPlane::new(credential).map(Some)
+}
+
+impl RouteApprover for ControlPlane {
+    async fn approve(
+        &self,
+        node_key: &str,
+        tailnet_ips: &[IpAddr],
+        routes: &[IpNet],
+    ) -> Result<Vec<IpNet>, ApprovalFailure> {
+        let failed = |e: ControlError| ApprovalFailure {
+            kind: e.kind().as_str(),
+            message: e.to_string(),
+        };
+        let query = DeviceQuery::by_node_key(node_key).or_address(tailnet_ips.iter().copied());
+        let Some(device) = self.find_device(&query).await.map_err(failed)? else {
+            return Err(ApprovalFailure {
+                kind: "not_found",
+                message: format!(
+                    "{} lists no device with node key {node_key} or addresses {tailnet_ips:?}",
+                    self.target()
+                ),
+            });
+        };
+        let update = self.approve_routes(&device, routes).await.map_err(failed)?;
+        Ok(update.approved)
+    }
+}
 
 /// Which of `routes` the node's own netmap shows as approved.
 pub fn approved_in_netmap(status: &Status, routes: &[IpNet]) -> Vec<IpNet> {

@@ -19,6 +19,8 @@ use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use crate::control::SecretSource;
+
 /// Tailscale's address ranges for devices: a pod or service CIDR inside
 /// (or around) one of them would collide with tailnet addresses.
 pub const TAILNET_RANGES: [&str; 2] = [
@@ -172,16 +174,6 @@ pub enum ControlKind {
     Headscale,
     /// Tailscale's API v2 with an OAuth client or an API key.
     Tailscale,
-}
-
-/// Where a secret comes from. The value itself is read when the
-/// credential is built, never stored in the configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretSource {
-    /// A file holding the secret (a mounted Kubernetes Secret).
-    File(PathBuf),
-    /// An environment variable.
-    Env(&'static str),
 }
 
 /// The credential the agent may use to approve routes and remove devices.
@@ -469,7 +461,7 @@ fn approval_config(file: FileApproval) -> Result<ApprovalConfig, ConfigError> {
     let invalid = |msg: String| Err(ConfigError::Invalid(msg));
     let api_key = |file: Option<PathBuf>| match file {
         Some(path) => SecretSource::File(path),
-        None => SecretSource::Env(API_KEY_ENV),
+        None => SecretSource::Env(API_KEY_ENV.to_owned()),
     };
     let tailnet = file.tailnet.unwrap_or_else(|| "-".to_owned());
     match file.control.unwrap_or(ControlKind::None) {
@@ -523,7 +515,7 @@ fn approval_config(file: FileApproval) -> Result<ApprovalConfig, ConfigError> {
                     client_id,
                     client_secret: match secret {
                         Some(path) => SecretSource::File(path),
-                        None => SecretSource::Env(OAUTH_SECRET_ENV),
+                        None => SecretSource::Env(OAUTH_SECRET_ENV.to_owned()),
                     },
                     tailnet,
                     base_url,
@@ -748,7 +740,10 @@ mod tests {
                 base_url,
                 ..
             } => {
-                assert_eq!(client_secret, SecretSource::Env(OAUTH_SECRET_ENV));
+                assert_eq!(
+                    client_secret,
+                    SecretSource::Env(OAUTH_SECRET_ENV.to_owned())
+                );
                 assert_eq!(tailnet, "-");
                 assert_eq!(base_url, "https://api.tailscale.com");
             }

@@ -1,24 +1,287 @@
 //! `tailroute-agent`: the node agent's binary.
 //!
-//! Not yet complete: it parses its command line and says so, rather than
-//! pretend to run. Its LocalAPI client is in the library.
+//! Wiring only: configuration, preflight, the watches that wake the
+//! reconcile loop (the Node list, tailscaled's IPN bus, a resync timer),
+//! the loop itself, and the HTTP endpoints. Stopping the agent changes
+//! nothing on the node, so a restart or upgrade never interrupts pod
+//! traffic; only `--cleanup` undoes what the agent set up.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client};
+use tokio::sync::Notify;
 
-/// tailroute's node agent: keeps this node's pod route advertised, approved
-/// and working on the tailnet.
-#[derive(Debug, Parser)]
-#[command(name = "tailroute-agent", version, about)]
-struct Args {}
+use tailroute_agent::advertiser::RouteAdvertiser;
+use tailroute_agent::approval::control_plane;
+use tailroute_agent::config::{AgentConfig, Args, LogFormat};
+use tailroute_agent::conflist;
+use tailroute_agent::control::ControlPlane;
+use tailroute_agent::endpoints::{self, AgentState};
+use tailroute_agent::localapi::{LocalApiClient, WatchMask};
+use tailroute_agent::metrics::Metrics;
+use tailroute_agent::node_network::{KernelNetwork, NodeNetwork};
+use tailroute_agent::node_report::NodeReporter;
+use tailroute_agent::reconcile::{ClusterView, Reconciler};
+use tailroute_agent::route_ledger::RouteLedger;
 
 fn main() -> ExitCode {
-    let _args = Args::parse();
-    eprintln!(
-        "tailroute-agent {}: not yet complete; only its LocalAPI client exists, \
-         so there is nothing to run yet",
-        env!("CARGO_PKG_VERSION")
+    let args = Args::parse();
+    let config = match AgentConfig::load(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("tailroute-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tailroute-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = if config.cleanup {
+        runtime.block_on(cleanup(&config))
+    } else {
+        runtime.block_on(run(config))
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: AgentConfig) -> Result<(), String> {
+    let config = Arc::new(config);
+    tracing::info!(
+        node = %config.node_name,
+        socket = %config.localapi_socket.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "starting"
     );
-    ExitCode::FAILURE
+
+    // Preflight: refuse to start against a tailscaled that is not there or
+    // a credential the control plane rejects, saying which and why.
+    let localapi = LocalApiClient::new(&config.localapi_socket);
+    localapi
+        .status_without_peers()
+        .await
+        .map_err(|e| format!("tailscaled's LocalAPI is unreachable: {e}"))?;
+    let approver =
+        control_plane(&config.approval).map_err(|e| format!("approval credential: {e}"))?;
+    if let Some(control) = &approver {
+        control
+            .verify()
+            .await
+            .map_err(|e| format!("the control plane refused the agent's credential: {e}"))?;
+        tracing::info!(control = control.target(), "approval credential accepted");
+    } else {
+        tracing::info!("no approval credential: route approval is detected and reported only");
+    }
+    let ledger = RouteLedger::open(&config.state_dir).map_err(|e| e.to_string())?;
+
+    let kube = kube_client(&config).await?;
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(AgentState::new(metrics.clone(), config.resync));
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} for /healthz and /metrics: {e}",
+                config.listen
+            )
+        })?;
+    tokio::spawn(endpoints::serve(listener, state.clone()));
+
+    let wake = Arc::new(Notify::new());
+    let nodes = watch_nodes(kube.clone(), wake.clone());
+    tokio::spawn(watch_tailscaled(localapi.clone(), wake.clone()));
+
+    let reconciler: Reconciler<KernelNetwork, ControlPlane> = Reconciler::new(
+        config.clone(),
+        localapi.clone(),
+        RouteAdvertiser::new(localapi, ledger),
+        KernelNetwork::new(&config.tailnet_interface),
+        approver,
+        NodeReporter::new(kube, &config.node_name),
+        metrics,
+    );
+    tokio::select! {
+        () = reconcile_loop(reconciler, nodes, wake, state, config.clone()) => Ok(()),
+        () = shutdown_signal() => {
+            tracing::info!("stopping; the node's datapath, routes and CNI config stay in place");
+            Ok(())
+        }
+    }
+}
+
+async fn kube_client(config: &AgentConfig) -> Result<Client, String> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes credentials (not in a pod, and no --kubeconfig): {e}")
+        })?,
+    };
+    Client::try_from(kube_config).map_err(|e| format!("Kubernetes client: {e}"))
+}
+
+/// A cache of every Node, waking the loop on each change.
+fn watch_nodes(client: Client, wake: Arc<Notify>) -> Store<Node> {
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher(Api::<Node>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => wake.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watching Nodes"),
+            }
+        }
+    });
+    store
+}
+
+/// Wakes the loop whenever tailscaled's state or prefs change, and on
+/// every reconnect (a restarted tailscaled needs its prefs checked).
+async fn watch_tailscaled(localapi: LocalApiClient, wake: Arc<Notify>) {
+    let mask = WatchMask::INITIAL_STATE | WatchMask::INITIAL_PREFS | WatchMask::RATE_LIMIT;
+    loop {
+        match localapi.watch_ipn_bus(mask).await {
+            Ok(mut stream) => {
+                while let Some(notify) = stream.next().await {
+                    match notify {
+                        Ok(n) if n.state.is_some() || n.prefs.is_some() => wake.notify_one(),
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "IPN bus");
+                            break;
+                        }
+                    }
+                }
+                tracing::info!("tailscaled closed the IPN bus watch; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch tailscaled's IPN bus"),
+        }
+        wake.notify_one();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn reconcile_loop<N: NodeNetwork, A: tailroute_agent::reconcile::RouteApprover>(
+    mut reconciler: Reconciler<N, A>,
+    nodes: Store<Node>,
+    wake: Arc<Notify>,
+    state: Arc<AgentState>,
+    config: Arc<AgentConfig>,
+) {
+    if nodes.wait_until_ready().await.is_err() {
+        tracing::error!("the Node cache never became ready");
+        return;
+    }
+    loop {
+        let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
+        match all
+            .iter()
+            .find(|n| n.metadata.name.as_deref() == Some(&config.node_name))
+        {
+            Some(own) => {
+                let view = ClusterView {
+                    own: own.clone(),
+                    nodes: all.clone(),
+                };
+                let report = reconciler.reconcile(&view).await;
+                state.record(report);
+            }
+            None => tracing::warn!(
+                node = %config.node_name,
+                "no Node with this name: is NODE_NAME right, and has the kubelet registered?"
+            ),
+        }
+        // Whichever comes first; a burst of wake-ups (a Node list sync, a
+        // flurry of IPN notifications) becomes one pass.
+        let _ = tokio::time::timeout(config.resync, wake.notified()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `--cleanup`: withdraw the agent's routes, remove the conflist and the
+/// nftables table. Routes others advertised and tailscaled's other prefs
+/// stay as they are.
+async fn cleanup(config: &AgentConfig) -> Result<(), String> {
+    let mut problems = Vec::new();
+    let localapi = LocalApiClient::new(&config.localapi_socket);
+    match RouteLedger::open(&config.state_dir) {
+        Ok(ledger) => match RouteAdvertiser::new(localapi, ledger).withdraw_all().await {
+            Ok(routes) => tracing::info!(?routes, "withdrew the agent's routes"),
+            Err(e) => problems.push(format!("withdrawing routes: {e}")),
+        },
+        Err(e) => problems.push(e.to_string()),
+    }
+    match conflist::remove(&config.conflist_path()) {
+        Ok(_) => tracing::info!(path = %config.conflist_path().display(), "removed the CNI config"),
+        Err(e) => problems.push(format!(
+            "removing {}: {e}",
+            config.conflist_path().display()
+        )),
+    }
+    if config.manage_datapath {
+        match KernelNetwork::new(&config.tailnet_interface).remove().await {
+            Ok(()) => tracing::info!("removed nftables table inet tailroute"),
+            Err(e) => problems.push(format!("removing the nftables table: {e}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("cleanup incomplete: {}", problems.join("; ")))
+    }
 }

@@ -89,12 +89,9 @@ impl Metrics {
             peers_total: Gauge::default(),
             peer_reachable: Family::default(),
             reconciles: Family::default(),
-            reconcile_duration: Histogram::new(
-                [
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                ]
-                .into_iter(),
-            ),
+            reconcile_duration: Histogram::new([
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             errors: Family::default(),
             approval_api_calls: Family::default(),
             prefs_edits: Counter::default(),

@@ -23,9 +23,10 @@ use crate::advertiser::RouteAdvertiser;
 use crate::approval::{approved_in_netmap, not_approved_message};
 use crate::config::{overlaps, AgentConfig, TAILNET_RANGES};
 use crate::conflist::{self, ConflistSpec};
+use crate::datapath::DatapathSpec;
 use crate::localapi::{BackendState, LocalApiClient, Status};
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, PeerLabel};
-use crate::node_network::{NetworkSpec, NodeNetwork};
+use crate::node_network::NodeNetwork;
 use crate::node_report::{NetworkCondition, NodeReporter};
 use crate::peers::{self, PeerReport};
 
@@ -349,9 +350,9 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
             .collect();
         node_ips.sort();
         node_ips.dedup();
-        let spec = NetworkSpec {
+        let spec = DatapathSpec {
             bridge: self.config.bridge.clone(),
-            tailnet_interface: self.config.tailnet_interface.clone(),
+            tailnet_iface: self.config.tailnet_interface.clone(),
             node_pod_cidrs: pod_cidrs.to_vec(),
             cluster_pod_cidrs: self.config.cluster_pod_cidrs.clone(),
             service_cidrs: self.config.service_cidrs.clone(),

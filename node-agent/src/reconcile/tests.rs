@@ -19,11 +19,11 @@ use crate::test_support::{tempdir, ApiCall, MockApiserver, TempDir};
 /// The datapath, recorded.
 #[derive(Clone, Default)]
 struct RecordedNetwork {
-    applied: Arc<Mutex<Vec<NetworkSpec>>>,
+    applied: Arc<Mutex<Vec<DatapathSpec>>>,
 }
 
 impl NodeNetwork for RecordedNetwork {
-    async fn apply(&self, spec: &NetworkSpec) -> Result<Vec<String>, NetworkError> {
+    async fn apply(&self, spec: &DatapathSpec) -> Result<Vec<String>, NetworkError> {
         let mut applied = self.applied.lock().expect("lock");
         let changed = applied.last() != Some(spec);
         applied.push(spec.clone());
@@ -45,10 +45,13 @@ impl NodeNetwork for RecordedNetwork {
     }
 }
 
+/// One approval asked for: the node key and the routes.
+type ApprovalCall = (String, Vec<IpNet>);
+
 /// An approver that approves and remembers the calls.
 #[derive(Clone, Default)]
 struct RecordedApprover {
-    calls: Arc<Mutex<Vec<(String, Vec<IpNet>)>>>,
+    calls: Arc<Mutex<Vec<ApprovalCall>>>,
 }
 
 impl RouteApprover for RecordedApprover {
