@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use tailroute::lab::agent::{AgentSetup, Approval};
 use tailroute::lab::api_proxy::ApiProxyArgs;
 use tailroute::lab::cluster::{self, LabInfo, LabSpec};
 use tailroute::lab::kubelet::KubeletArgs;
@@ -77,6 +78,18 @@ enum LabCommand {
         /// next to this binary].
         #[arg(long)]
         cni_plugin: Option<PathBuf>,
+        /// Run no node agent: nodes get no CNI config until one is written
+        /// by hand.
+        #[arg(long)]
+        no_agent: bool,
+        /// How pod routes get approved: the agents through Headscale's API,
+        /// Headscale's autoApprovers policy, or nobody (the agents report
+        /// RouteNotApproved with the remedy).
+        #[arg(long, value_enum, default_value = "api")]
+        approval: Approval,
+        /// The node agent [default: tailroute-agent next to this binary].
+        #[arg(long)]
+        agent: Option<PathBuf>,
     },
     /// Stop and remove everything the lab made.
     Down {
@@ -154,7 +167,13 @@ fn lab(command: LabCommand) -> Result<ExitCode, Error> {
             topology,
             dual_stack,
             cni_plugin,
-        } => lab_up(&lab, nodes, topology, dual_stack, cni_plugin)?,
+            no_agent,
+            approval,
+            agent,
+        } => {
+            let agent = (!no_agent).then_some((agent, approval));
+            lab_up(&lab, nodes, topology, dual_stack, cni_plugin, agent)?
+        }
         LabCommand::Down { lab } => {
             let report = cluster::down(&lab.tag()?, &lab.state_dir())?;
             println!(
@@ -186,17 +205,34 @@ fn lab_up(
     topology: TopologyMode,
     dual_stack: bool,
     cni_plugin: Option<PathBuf>,
+    agent: Option<(Option<PathBuf>, Approval)>,
 ) -> Result<(), Error> {
     require_root()?;
     let plan = TopologyPlan::new(lab.tag()?, nodes, topology, dual_stack)?;
     let exe = std::env::current_exe()?;
     let cni_plugin = cni_plugin.unwrap_or_else(|| exe.with_file_name("tailroute-bridge"));
+    let agent = match agent {
+        None => None,
+        Some((program, approval)) => {
+            let program = program.unwrap_or_else(|| exe.with_file_name("tailroute-agent"));
+            if !program.is_file() {
+                return Err(format!(
+                    "the node agent {} does not exist: build it with `cargo build --release \
+                     -p tailroute-agent`, pass --agent, or run the lab with --no-agent",
+                    program.display()
+                )
+                .into());
+            }
+            Some(AgentSetup { program, approval })
+        }
+    };
     let spec = LabSpec {
         plan,
         state_dir: lab.state_dir(),
         peers: Peers::locate(&cache_root())?,
         exe,
         cni_plugin,
+        agent,
     };
     println!(
         "lab {:?}: {nodes} nodes, {topology}{}",

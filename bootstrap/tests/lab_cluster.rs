@@ -76,11 +76,18 @@ impl CliLab {
         c
     }
 
-    /// `lab up`, asserting success; returns its output.
+    /// `lab up` without agents (the lab's own mechanics), asserting
+    /// success; returns its output.
     fn up(&self, nodes: usize, topology: &str, dual_stack: bool) -> String {
+        self.up_with(nodes, topology, dual_stack, &["--no-agent"])
+    }
+
+    /// `lab up` with `extra` flags, asserting success; returns its output.
+    fn up_with(&self, nodes: usize, topology: &str, dual_stack: bool, extra: &[&str]) -> String {
         let out = self
             .command("up")
             .args([format!("--nodes={nodes}"), format!("--topology={topology}")])
+            .args(extra)
             .args(dual_stack.then_some("--dual-stack"))
             .arg(format!("--cni-plugin={}", cni_plugin().display()))
             .output()
@@ -708,5 +715,429 @@ fn lab_down_after_an_up_killed_half_way_leaves_nothing() {
     up.kill().expect("kill lab up");
     let _ = up.wait();
     assert!(!lab.pids().is_empty(), "the half-built lab has processes");
+    lab.down_and_check();
+}
+
+/// A pod of the agent tests, placed on a node by name.
+#[derive(Debug, Clone)]
+struct LabPod {
+    name: String,
+    node: String,
+    netns: String,
+    ips: Vec<IpAddr>,
+}
+
+/// Creates `per_node` pods on every node (bound by `nodeName`, so every
+/// node has some) and waits until all run; returns them.
+fn pods_on_every_node(lab: &CliLab, per_node: usize) -> Vec<LabPod> {
+    let status = lab.status();
+    let nodes: Vec<(String, String)> = status["lab"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().expect("name").to_owned(),
+                n["pod_netns_prefix"].as_str().expect("prefix").to_owned(),
+            )
+        })
+        .collect();
+    let mut manifest = String::new();
+    for (node, _) in &nodes {
+        for i in 0..per_node {
+            manifest.push_str(&format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p-{node}-{i}, namespace: default, labels: {{app: matrix}}}}\n\
+                 spec:\n  nodeName: {node}\n  containers: [{{name: web, image: lab/builtin-server}}]\n"
+            ));
+        }
+    }
+    lab.kubectl(&["apply", "-f", "-"], Some(&manifest));
+    let want = nodes.len() * per_node;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods: Value = serde_json::from_str(
+            &lab.kubectl(&["get", "pods", "-l", "app=matrix", "-o", "json"], None),
+        )
+        .expect("pods");
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        let running: Vec<LabPod> = items
+            .iter()
+            .filter(|p| p["status"]["phase"] == "Running")
+            .filter_map(|p| {
+                let node = p["spec"]["nodeName"].as_str()?.to_owned();
+                let prefix = &nodes.iter().find(|(n, _)| *n == node)?.1;
+                let uid = p["metadata"]["uid"].as_str()?;
+                Some(LabPod {
+                    name: p["metadata"]["name"].as_str()?.to_owned(),
+                    netns: tailroute::lab::kubelet::record::netns_name(prefix, uid),
+                    node,
+                    ips: p["status"]["podIPs"]
+                        .as_array()?
+                        .iter()
+                        .filter_map(|ip| ip["ip"].as_str()?.parse().ok())
+                        .collect(),
+                })
+            })
+            .collect();
+        if running.len() == want {
+            return running;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {want} matrix pods run after 60 s: {pods}",
+            running.len()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// One request to the pod server at `dst` from inside `netns`.
+fn ask_pod_server(netns: &str, dst: IpAddr) -> Result<String, String> {
+    common::in_netns(netns, || {
+        use std::io::Read;
+        let mut stream = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(dst, 8080),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| format!("connect {dst}: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        stream
+            .read_to_string(&mut text)
+            .map_err(|e| format!("read from {dst}: {e}"))?;
+        Ok(text)
+    })
+}
+
+/// Every pod asks every other pod's server, over each family in `pods`'
+/// addresses, and the server must see the asking pod's own address: the
+/// path works and nothing on it rewrites the source. Retried for `within`
+/// (routes converge), then every failing pair is reported at once.
+fn pod_matrix(pods: &[LabPod], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut failures = Vec::new();
+        let mut pairs = 0;
+        for src in pods {
+            for dst in pods.iter().filter(|d| d.name != src.name) {
+                for dst_ip in &dst.ips {
+                    let Some(src_ip) = src.ips.iter().find(|ip| ip.is_ipv4() == dst_ip.is_ipv4())
+                    else {
+                        continue;
+                    };
+                    pairs += 1;
+                    let seen = match src_ip {
+                        IpAddr::V4(ip) => format!("client={ip}:"),
+                        IpAddr::V6(ip) => format!("client=[{ip}]:"),
+                    };
+                    match ask_pod_server(&src.netns, *dst_ip) {
+                        Ok(answer) if answer.contains(&seen) => {}
+                        Ok(answer) => failures.push(format!(
+                            "{} -> {} ({dst_ip}): server saw {answer:?}, expected {seen}",
+                            src.name, dst.name
+                        )),
+                        Err(e) => failures.push(format!("{} -> {}: {e}", src.name, dst.name)),
+                    }
+                }
+            }
+        }
+        if failures.is_empty() {
+            return pairs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod matrix: {} of {pairs} pairs fail after {within:?}:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Every Node shows `NetworkUnavailable=False` with reason `TailrouteIsUp`.
+fn every_node_is_up(lab: &CliLab) {
+    let nodes: Value =
+        serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None)).expect("nodes");
+    for node in nodes["items"].as_array().expect("items") {
+        let condition = node["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "NetworkUnavailable"))
+            .unwrap_or_else(|| panic!("no NetworkUnavailable on {}", node["metadata"]["name"]));
+        assert_eq!(condition["status"], "False", "{condition}");
+        assert_eq!(condition["reason"], "TailrouteIsUp", "{condition}");
+    }
+}
+
+/// The agent's metrics on `node_ns`, as text.
+fn agent_metrics(node_ns: &str) -> String {
+    let addr = std::net::SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 9740);
+    match tailroute::lab::probe::http_get_in(node_ns, addr, "/metrics") {
+        Ok((200, body)) => body,
+        other => panic!("agent metrics in {node_ns}: {other:?}"),
+    }
+}
+
+/// A metric's value (summed over its label sets), 0 when absent.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The pods' interface MTU is tailscale0's, and data of every size crosses
+/// between nodes: a 16 MiB stream and 200 echoed 1400-byte messages.
+fn no_mtu_black_hole(lab: &CliLab, pods: &[LabPod]) {
+    let status = lab.status();
+    let n1_ns = status["lab"]["nodes"][0]["namespace"]
+        .as_str()
+        .expect("ns")
+        .to_owned();
+    let tailnet_mtu = common::ip_json(Some(&n1_ns), &["link", "show", "tailscale0"])[0]["mtu"]
+        .as_u64()
+        .expect("tailscale0 mtu");
+    for pod in pods {
+        let eth0 = common::ip_json(Some(&pod.netns), &["link", "show", "eth0"]);
+        assert_eq!(
+            eth0[0]["mtu"].as_u64(),
+            Some(tailnet_mtu),
+            "{}: {eth0}",
+            pod.name
+        );
+    }
+    let server = pods.iter().find(|p| p.node == "n2").expect("a pod on n2");
+    let client = pods.iter().find(|p| p.node == "n1").expect("a pod on n1");
+    for dst in &server.ips {
+        let listener = common::in_netns(&server.netns, || {
+            std::net::TcpListener::bind(std::net::SocketAddr::new(*dst, 5201)).expect("bind")
+        });
+        let echo = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            // First connection: a bulk stream, counted. Second: echo.
+            let (mut bulk, _) = listener.accept().expect("accept bulk");
+            let mut sink = Vec::new();
+            bulk.read_to_end(&mut sink).expect("read bulk");
+            let (mut conn, _) = listener.accept().expect("accept echo");
+            let mut buf = [0u8; 1400];
+            loop {
+                match conn.read_exact(&mut buf) {
+                    Ok(()) => conn.write_all(&buf).expect("echo"),
+                    Err(_) => break sink.len(),
+                }
+            }
+        });
+        let dst = *dst;
+        let started = Instant::now();
+        common::in_netns(&client.netns, || {
+            use std::io::{Read, Write};
+            let addr = std::net::SocketAddr::new(dst, 5201);
+            let mut bulk = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect");
+            bulk.set_write_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            let chunk = vec![0x5au8; 64 * 1024];
+            for _ in 0..256 {
+                bulk.write_all(&chunk)
+                    .expect("bulk write (an MTU black hole stalls here)");
+            }
+            drop(bulk);
+            let mut conn = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let message = [0xa5u8; 1400];
+            let mut back = [0u8; 1400];
+            for _ in 0..200 {
+                conn.write_all(&message).expect("write a 1400-byte message");
+                conn.read_exact(&mut back)
+                    .expect("its echo (an MTU black hole stalls here)");
+                assert_eq!(back, message);
+            }
+        });
+        let received = echo.join().expect("echo thread");
+        assert_eq!(received, 16 << 20, "bulk bytes received over {dst}");
+        println!(
+            "pod n1 -> pod n2 over {dst}: 16 MiB + 200 x 1400-byte round trips in {:.2} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// A route advertised by hand on n1 stays through the agent's repairs:
+/// someone turns accept-routes off; the agent turns it back on within 15 s
+/// and both its pod route and the hand-made route are still advertised.
+fn a_hand_made_route_survives_the_agent(lab: &CliLab) {
+    let status = lab.status();
+    let tailscale = status["lab"]["tailscale"]
+        .as_str()
+        .expect("tailscale")
+        .to_owned();
+    let n1 = &status["lab"]["nodes"][0];
+    let ns = n1["namespace"].as_str().expect("ns").to_owned();
+    let socket = n1["tailscaled_socket"].as_str().expect("socket").to_owned();
+    let node: Value =
+        serde_json::from_str(&lab.kubectl(&["get", "node", "n1", "-o", "json"], None))
+            .expect("node");
+    let pod_cidrs: Vec<String> = node["spec"]["podCIDRs"]
+        .as_array()
+        .expect("podCIDRs")
+        .iter()
+        .map(|c| c.as_str().expect("cidr").to_owned())
+        .collect();
+    let ts = |args: &[&str]| {
+        let mut cmd = cni_testbed::command_in(&Path::new("/run/netns").join(&ns), &tailscale)
+            .expect("node namespace");
+        cmd.arg(format!("--socket={socket}")).args(args);
+        let out = cmd.output().expect("tailscale");
+        assert!(
+            out.status.success(),
+            "tailscale {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut routes = pod_cidrs.clone();
+    routes.push("192.168.77.0/24".to_owned());
+    ts(&["set", &format!("--advertise-routes={}", routes.join(","))]);
+    ts(&["set", "--accept-routes=false"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let prefs: Value = serde_json::from_str(&ts(&["debug", "prefs"])).expect("prefs JSON");
+        let advertised: Vec<&str> = prefs["AdvertiseRoutes"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let all_there = routes.iter().all(|r| advertised.contains(&r.as_str()));
+        assert!(
+            all_there,
+            "a route was dropped: {advertised:?}, expected {routes:?}"
+        );
+        if prefs["RouteAll"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not restore accept-routes: {prefs}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn agents_connect_every_pod_to_every_other_without_snat_on_a_flat_lab() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('a');
+    let out = lab.up_with(3, "flat", false, &["--approval=api"]);
+    println!("{out}");
+    every_node_is_up(&lab);
+    // No autoApprovers in this lab: each agent approved its own route
+    // through Headscale's API.
+    let status = lab.status();
+    for node in status["lab"]["nodes"].as_array().expect("nodes") {
+        let text = agent_metrics(node["namespace"].as_str().expect("ns"));
+        assert!(
+            metric(&text, "tailroute_approval_api_calls_total") >= 1.0,
+            "{text}"
+        );
+        assert_eq!(metric(&text, "tailroute_routes_approved"), 1.0, "{text}");
+        assert_eq!(
+            metric(&text, "tailroute_network_unavailable"),
+            0.0,
+            "{text}"
+        );
+    }
+    let pods = pods_on_every_node(&lab, 2);
+    let pairs = pod_matrix(&pods, Duration::from_secs(20));
+    assert_eq!(pairs, 30);
+    no_mtu_black_hole(&lab, &pods);
+    a_hand_made_route_survives_the_agent(&lab);
+    lab.down_and_check();
+}
+
+#[test]
+fn agents_on_a_dual_stack_hybrid_lab_use_auto_approvers_and_no_credential() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('b');
+    let out = lab.up_with(3, "hybrid", true, &["--approval=auto-approvers"]);
+    println!("{out}");
+    every_node_is_up(&lab);
+    let status = lab.status();
+    for node in status["lab"]["nodes"].as_array().expect("nodes") {
+        let text = agent_metrics(node["namespace"].as_str().expect("ns"));
+        assert_eq!(
+            metric(&text, "tailroute_approval_api_calls_total"),
+            0.0,
+            "{text}"
+        );
+        assert_eq!(metric(&text, "tailroute_routes_approved"), 2.0, "{text}");
+    }
+    let pods = pods_on_every_node(&lab, 2);
+    let pairs = pod_matrix(&pods, Duration::from_secs(30));
+    assert_eq!(pairs, 60, "30 ordered pairs, IPv4 and IPv6");
+    no_mtu_black_hole(&lab, &pods);
+    lab.down_and_check();
+}
+
+#[test]
+fn without_approval_every_agent_says_what_to_do() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('n');
+    lab.up_with(2, "flat", false, &["--approval=none"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let nodes: Value =
+            serde_json::from_str(&lab.kubectl(&["get", "nodes", "-o", "json"], None))
+                .expect("nodes");
+        let reasons: Vec<(String, String)> = nodes["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|n| {
+                let c = n["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "NetworkUnavailable")?;
+                Some((
+                    c["reason"].as_str()?.to_owned(),
+                    c["message"].as_str()?.to_owned(),
+                ))
+            })
+            .collect();
+        if reasons.len() == 2 && reasons.iter().all(|(r, _)| r == "RouteNotApproved") {
+            for (_, message) in &reasons {
+                assert!(
+                    message.contains(
+                        "\"autoApprovers\": {\"routes\": {\"10.244.0.0/16\": [\"tag:k8s-node\"]}}"
+                    ),
+                    "{message}"
+                );
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "conditions: {reasons:?}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let events = lab.kubectl(
+        &[
+            "get",
+            "events",
+            "--field-selector=reason=RouteNotApproved",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let events: Value = serde_json::from_str(&events).expect("events");
+    let warnings = events["items"]
+        .as_array()
+        .map(|items| items.iter().filter(|e| e["type"] == "Warning").count())
+        .unwrap_or(0);
+    assert!(warnings >= 2, "a Warning Event per node: {events}");
     lab.down_and_check();
 }

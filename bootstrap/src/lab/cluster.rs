@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lab::agent::{self, AgentFiles, AgentSetup, Approval};
 use crate::lab::command::HostCommand;
 use crate::lab::daemon::{self, wait_ready, DaemonSpec, Entry};
 use crate::lab::headscale::{self, Headscale};
@@ -42,6 +43,9 @@ pub struct LabSpec {
     pub exe: PathBuf,
     /// The CNI plugin installed into every node's `/opt/cni/bin` equivalent.
     pub cni_plugin: PathBuf,
+    /// The node agent on every node, or none (the conflist is then the
+    /// caller's business).
+    pub agent: Option<AgentSetup>,
 }
 
 /// One node of a running lab.
@@ -92,6 +96,10 @@ pub struct LabInfo {
     pub kubectl: PathBuf,
     /// The cluster CIDRs.
     pub pod_cidrs: Vec<String>,
+    /// How pod routes get approved, when agents run (`api`,
+    /// `auto-approvers`, `none`); `None` without agents.
+    #[serde(default)]
+    pub agents: Option<String>,
     /// The nodes.
     pub nodes: Vec<LabNode>,
     /// Wall-clock seconds per phase of `up`, in order.
@@ -206,21 +214,31 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     let cp_dir = spec.state_dir.join("cp");
     let cp_v4 = plan.control_plane.uplink.ipv4.addr;
     let mut rec = |pid: u32, what: &str| record(pid, what);
+    let network = ClusterNetwork::lab_default(plan.dual_stack);
+    let approval = spec.agent.as_ref().map(|a| a.approval);
+    let auto_approve: &[String] = match approval {
+        Some(Approval::AutoApprovers) => &network.pod_cidrs,
+        _ => &[],
+    };
     let headscale = headscale::start(
         &spec.peers.headscale,
         &cp_ns,
         &cp_dir.join("headscale"),
         cp_v4,
+        auto_approve,
         &mut rec,
     )
     .map_err(|e| up_err(&e))?;
+    let api_key_file = cp_dir.join("headscale/agent-api-key");
+    if approval == Some(Approval::Api) {
+        headscale.api_key(&api_key_file).map_err(|e| up_err(&e))?;
+    }
     phase("headscale", progress);
 
     let mut advertise = vec![cp_v4];
     if let Some(v6) = &plan.control_plane.uplink.ipv6 {
         advertise.push(v6.addr);
     }
-    let network = ClusterNetwork::lab_default(plan.dual_stack);
     let node_users: Vec<(String, TokenUser)> = plan
         .nodes
         .iter()
@@ -237,7 +255,21 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
             ))
         })
         .collect::<Result<_, LabError>>()?;
-    let users: Vec<TokenUser> = node_users.iter().map(|(_, u)| u.clone()).collect();
+    let agent_users: Vec<(String, TokenUser)> = match &spec.agent {
+        None => Vec::new(),
+        Some(_) => node_users
+            .iter()
+            .map(|(name, _)| {
+                let token = pki::random_token().map_err(|e| up_err(&e))?;
+                Ok((name.clone(), agent::token_user(name, token)))
+            })
+            .collect::<Result<_, LabError>>()?,
+    };
+    let users: Vec<TokenUser> = node_users
+        .iter()
+        .chain(&agent_users)
+        .map(|(_, u)| u.clone())
+        .collect();
     let k8s = kubernetes::start(
         &spec.peers,
         &cp_ns,
@@ -278,6 +310,11 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
         tailscale: spec.peers.tailscale.clone(),
         kubectl: spec.peers.kubectl.clone(),
         pod_cidrs: network.pod_cidrs.clone(),
+        agents: approval.map(|a| {
+            clap::ValueEnum::to_possible_value(&a)
+                .map(|v| v.get_name().to_owned())
+                .unwrap_or_default()
+        }),
         nodes: Vec::new(),
         timings: Vec::new(),
     };
@@ -293,6 +330,16 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
         },
     )
     .map_err(|e| up_err(&e))?;
+    if spec.agent.is_some() {
+        let rbac = cp_dir.join("kubernetes/tailroute-agent-rbac.yaml");
+        std::fs::write(
+            &rbac,
+            format!("{}---\n{}", agent::CLUSTER_ROLE, agent::BINDING),
+        )
+        .map_err(|e| up_err(&e))?;
+        info.kubectl(&["apply", "-f", &rbac.display().to_string()])
+            .map_err(|e| up_err(&e))?;
+    }
     phase("kubernetes control plane (ready)", progress);
 
     let key_file = cp_dir.join("headscale/node.key");
@@ -313,9 +360,19 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
                     .expect("a token per node")
                     .clone();
                 let record = &record;
+                let agent_user = agent_users.iter().find(|(n, _)| *n == name).map(|(_, u)| u);
+                let api = (approval == Some(Approval::Api))
+                    .then(|| (headscale.url.as_str(), api_key_file.as_path()));
+                let node_agent = agent_user.map(|user| NodeAgent {
+                    user,
+                    network: &network,
+                    api,
+                });
                 let (spec, headscale, key_file, k8s) = (spec, &headscale, &key_file, &k8s);
                 scope.spawn(move || -> Result<LabNode, LabError> {
-                    start_node(spec, node, &name, &user, headscale, key_file, k8s, record)
+                    start_node(
+                        spec, node, &name, &user, headscale, key_file, k8s, node_agent, record,
+                    )
                 })
             })
             .collect();
@@ -348,6 +405,15 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     phase("tailnet: every node sees every other", progress);
     wait_for_tailnet_paths(&info, Duration::from_secs(30)).map_err(|e| up_err(&e))?;
     phase("tailnet: every node pings every other", progress);
+    if approval.is_some_and(|a| a != Approval::None) {
+        wait_for_agents(
+            &info,
+            &spec.state_dir.join("nodes"),
+            Duration::from_secs(60),
+        )
+        .map_err(|e| up_err(&e))?;
+        phase("agents: every node's pod network up", progress);
+    }
 
     info.timings = timings;
     info.timings
@@ -357,7 +423,15 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     Ok(info)
 }
 
-/// Starts one node: tailscaled, the tailnet join, and the lab kubelet.
+/// What a node's agent needs from `up`.
+struct NodeAgent<'a> {
+    user: &'a TokenUser,
+    network: &'a ClusterNetwork,
+    api: Option<(&'a str, &'a Path)>,
+}
+
+/// Starts one node: tailscaled, the tailnet join, the lab kubelet, and the
+/// agent.
 #[allow(clippy::too_many_arguments)]
 fn start_node(
     spec: &LabSpec,
@@ -367,6 +441,7 @@ fn start_node(
     headscale: &Headscale,
     key_file: &Path,
     k8s: &kubernetes::KubernetesEndpoints,
+    node_agent: Option<NodeAgent<'_>>,
     record: &(dyn Fn(u32, &str) -> Result<(), String> + Sync),
 ) -> Result<LabNode, LabError> {
     let fail =
@@ -489,6 +564,43 @@ fn start_node(
     .spawn()
     .map_err(|e| fail("start the lab kubelet", &e))?;
     record(kubelet, &format!("kubelet {name}")).map_err(|e| fail("record the kubelet", &e))?;
+
+    if let (Some(setup), Some(node_agent)) = (&spec.agent, node_agent) {
+        let agent_dir = dir.join("agent");
+        std::fs::create_dir_all(&agent_dir)
+            .map_err(|e| fail("create the agent's directory", &e))?;
+        let agent_kubeconfig = agent_dir.join("kubeconfig");
+        kubernetes::write_kubeconfig(
+            &agent_kubeconfig,
+            &k8s.server,
+            &k8s.ca_cert,
+            &node_agent.user.user,
+            &node_agent.user.token,
+        )
+        .map_err(|e| fail("write the agent's kubeconfig", &e))?;
+        let config = agent::write_config(&AgentFiles {
+            node: name,
+            dir: &agent_dir,
+            kubeconfig: &agent_kubeconfig,
+            socket: &socket,
+            cni_conf_dir: &cni_conf_dir,
+            cni_bin_dir: &cni_bin_dir,
+            network: node_agent.network,
+            api: node_agent.api,
+        })
+        .map_err(|e| fail("write the agent's configuration", &e))?;
+        let pid = DaemonSpec {
+            namespace: Some(&ns),
+            entry: Entry::Setns,
+            program: &setup.program,
+            args: vec![format!("--config={}", config.display())],
+            env: vec![],
+            log: dir.join("agent.log"),
+        }
+        .spawn()
+        .map_err(|e| fail("start tailroute-agent", &e))?;
+        record(pid, &format!("agent {name}")).map_err(|e| fail("record the agent", &e))?;
+    }
     Ok(LabNode {
         name: name.to_owned(),
         namespace: ns,
@@ -506,6 +618,47 @@ fn start_node(
         pod_netns_prefix,
         kubeconfig,
     })
+}
+
+/// Waits until every node's agent reports `NetworkUnavailable=False`.
+fn wait_for_agents(
+    info: &LabInfo,
+    logs: &Path,
+    timeout: Duration,
+) -> Result<(), daemon::DaemonError> {
+    wait_ready(
+        "every agent reporting TailrouteIsUp",
+        None,
+        logs,
+        timeout,
+        || {
+            let json = info
+                .kubectl(&["get", "nodes", "-o", "json"])
+                .map_err(|e| e.to_string())?;
+            let list: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+            for item in list["items"].as_array().into_iter().flatten() {
+                let name = item["metadata"]["name"].as_str().unwrap_or("?");
+                let condition = item["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|c| c["type"] == "NetworkUnavailable");
+                match condition {
+                    Some(c) if c["status"] == "False" => {}
+                    Some(c) => {
+                        return Err(format!(
+                            "Node {name}: NetworkUnavailable {} ({}): {}",
+                            c["status"], c["reason"], c["message"]
+                        ))
+                    }
+                    None => {
+                        return Err(format!("Node {name}: no NetworkUnavailable condition yet"))
+                    }
+                }
+            }
+            Ok(())
+        },
+    )
 }
 
 /// Waits until every lab node is registered, Ready, and has its podCIDRs.

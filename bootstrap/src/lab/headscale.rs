@@ -77,10 +77,22 @@ pub fn config_yaml(dir: &Path, address: IpAddr) -> String {
 }
 
 /// The policy: `tag:k8s-node` owned by the lab user, everything allowed.
-pub fn policy_hujson() -> String {
+pub fn policy_hujson(auto_approve: &[String]) -> String {
+    let auto = if auto_approve.is_empty() {
+        String::new()
+    } else {
+        let routes: Vec<String> = auto_approve
+            .iter()
+            .map(|cidr| format!("\"{cidr}\": [\"{NODE_TAG}\"]"))
+            .collect();
+        format!(
+            ",\n  \"autoApprovers\": {{ \"routes\": {{ {} }} }}",
+            routes.join(", ")
+        )
+    };
     format!(
         "{{\n  \"tagOwners\": {{ \"{NODE_TAG}\": [\"{USER}@\"] }},\n  \
-         \"acls\": [ {{ \"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"] }} ]\n}}\n"
+         \"acls\": [ {{ \"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"] }} ]{auto}\n}}\n"
     )
 }
 
@@ -91,6 +103,7 @@ pub fn start(
     namespace: &str,
     dir: &Path,
     address: IpAddr,
+    auto_approve: &[String],
     record: &mut dyn FnMut(u32, &str) -> Result<(), String>,
 ) -> Result<Headscale, HeadscaleError> {
     let setup =
@@ -99,7 +112,7 @@ pub fn start(
     let config = dir.join("config.yaml");
     std::fs::write(&config, config_yaml(dir, address))
         .map_err(|e| setup("write config.yaml", &e))?;
-    std::fs::write(dir.join("policy.hujson"), policy_hujson())
+    std::fs::write(dir.join("policy.hujson"), policy_hujson(auto_approve))
         .map_err(|e| setup("write policy.hujson", &e))?;
     let log = dir.join("headscale.log");
     let pid = DaemonSpec {
@@ -141,6 +154,20 @@ impl Headscale {
         HostCommand::new(&self.program.display().to_string(), &full)
             .run()
             .map_err(|e| HeadscaleError::Setup(e.to_string()))
+    }
+
+    /// An API key for the node agents (route approval), valid for a day,
+    /// written to `path` (owner-only).
+    pub fn api_key(&self, path: &Path) -> Result<(), HeadscaleError> {
+        let out = self.cli(&["apikeys", "create", "--expiration", "24h"])?;
+        let key = out.trim();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            return Err(HeadscaleError::Setup(format!(
+                "apikeys create printed no key: {out:?}"
+            )));
+        }
+        write_private(path, key)
+            .map_err(|e| HeadscaleError::Setup(format!("write {}: {e}", path.display())))
     }
 
     /// A reusable pre-auth key, valid for `ttl`, whose nodes join tagged
@@ -192,8 +219,22 @@ mod tests {
 
     #[test]
     fn the_policy_lets_the_lab_user_own_the_node_tag_and_approves_nothing() {
-        let policy: serde_json::Value = serde_json::from_str(&policy_hujson()).unwrap();
+        let policy: serde_json::Value = serde_json::from_str(&policy_hujson(&[])).unwrap();
         assert_eq!(policy["tagOwners"][NODE_TAG][0], "lab@");
         assert!(policy.get("autoApprovers").is_none());
+    }
+
+    #[test]
+    fn with_auto_approvers_the_node_tag_owns_the_cluster_pod_cidrs() {
+        let cidrs = ["10.244.0.0/16".to_owned(), "fd00:10:244::/56".to_owned()];
+        let policy: serde_json::Value = serde_json::from_str(&policy_hujson(&cidrs)).unwrap();
+        assert_eq!(
+            policy["autoApprovers"]["routes"]["10.244.0.0/16"][0],
+            NODE_TAG
+        );
+        assert_eq!(
+            policy["autoApprovers"]["routes"]["fd00:10:244::/56"][0],
+            NODE_TAG
+        );
     }
 }

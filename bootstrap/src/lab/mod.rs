@@ -20,6 +20,7 @@
 //! are made with both ends directly inside lab namespaces, so a killed `up`
 //! cannot leak an interface onto the host.
 
+pub mod agent;
 pub mod api_proxy;
 pub mod cluster;
 pub mod command;
