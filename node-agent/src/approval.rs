@@ -1,13 +1,20 @@
 //! Whether the control plane approved this node's pod routes, and what to
 //! tell the operator when it did not.
 //!
-//! Approval is read from the node's own tailnet state, which needs no
-//! credential: the control plane puts a node's approved routes into its own
-//! `AllowedIPs` (and `PrimaryRoutes`) in the netmap it sends the node. One
-//! caveat, measured with Headscale v0.29.2: an approval made through its
-//! API reaches the *peers* at once but the node itself only with its next
-//! self update (the next prefs or endpoint change), so when the agent
-//! approves through an API it also trusts the API's answer.
+//! Approval is read from tailnet state, which needs no credential: the
+//! control plane puts a node's approved routes into that node's
+//! `AllowedIPs` (and `PrimaryRoutes`) in every netmap it sends, the node's
+//! own included.
+//!
+//! The node's own netmap is not always enough. Measured with Headscale
+//! v0.29.2: an approval (by autoApprovers or through the API) reaches the
+//! *peers* at once, but the node itself only with its next self update
+//! (`SetApprovedRoutes` fans out a policy change that leaves the node's own
+//! entry alone), which may be minutes away. So every agent also publishes,
+//! in an annotation on its own Node ([`WITNESS_ANNOTATION`]), the pod
+//! routes it sees approved on its peers; a route is approved when the
+//! node's netmap shows it, when another node's agent witnessed it, or when
+//! the agent's own API call just approved it.
 
 use std::net::IpAddr;
 
@@ -68,6 +75,54 @@ impl RouteApprover for ControlPlane {
         let update = self.approve_routes(&device, routes).await.map_err(failed)?;
         Ok(update.approved)
     }
+}
+
+/// The Node annotation in which an agent lists the cluster pod routes it
+/// sees approved on its peers (comma-separated, sorted).
+pub const WITNESS_ANNOTATION: &str = "tailroute.dev/peer-routes-approved";
+
+/// The cluster pod routes this node sees approved on its peers: those in a
+/// peer's `AllowedIPs` that lie inside the cluster's pod network.
+pub fn witnessed_on_peers(status: &Status, cluster_pod_cidrs: &[IpNet]) -> Vec<IpNet> {
+    let mut seen: Vec<IpNet> = status
+        .peers
+        .values()
+        .flat_map(|p| p.allowed_ips.iter())
+        .filter(|r| cluster_pod_cidrs.iter().any(|c| c.contains(*r)))
+        .copied()
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+/// The annotation value for `routes`.
+pub fn witness_value(routes: &[IpNet]) -> String {
+    routes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Which of `routes` other nodes' agents witnessed as approved, read from
+/// their Nodes' annotations (`own` excluded: a node cannot vouch for itself).
+pub fn witnessed_by_others(
+    nodes: &[k8s_openapi::api::core::v1::Node],
+    own: &str,
+    routes: &[IpNet],
+) -> Vec<IpNet> {
+    let witnessed: Vec<IpNet> = nodes
+        .iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(own))
+        .filter_map(|n| n.metadata.annotations.as_ref()?.get(WITNESS_ANNOTATION))
+        .flat_map(|v| v.split(',').filter_map(|r| r.trim().parse::<IpNet>().ok()))
+        .collect();
+    routes
+        .iter()
+        .filter(|r| witnessed.contains(r))
+        .copied()
+        .collect()
 }
 
 /// Which of `routes` the node's own netmap shows as approved.
@@ -145,6 +200,43 @@ mod tests {
         assert_eq!(approved_in_netmap(&status, &routes), routes.to_vec());
         let status = status_with(&["100.64.0.2/32"], &[]);
         assert!(approved_in_netmap(&status, &routes).is_empty());
+    }
+
+    #[test]
+    fn peers_vouch_for_a_route_the_nodes_own_netmap_does_not_show_yet() {
+        let mut status = status_with(&["100.64.0.2/32"], &[]);
+        let peer = status.peers.values_mut().next().expect("a peer");
+        peer.allowed_ips = vec![
+            net("100.64.0.3/32"),
+            net("10.244.3.0/24"),
+            net("192.168.1.0/24"),
+        ];
+        let cluster = [net("10.244.0.0/16")];
+        assert_eq!(
+            witnessed_on_peers(&status, &cluster),
+            vec![net("10.244.3.0/24")]
+        );
+
+        let node = |name: &str, seen: Option<&str>| -> k8s_openapi::api::core::v1::Node {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "annotations": seen.map(|v| {
+                    serde_json::json!({WITNESS_ANNOTATION: v})
+                })},
+            }))
+            .expect("node")
+        };
+        let nodes = [
+            node("n1", Some("10.244.1.0/24")),
+            node("n2", Some("10.244.1.0/24,10.244.3.0/24")),
+            node("n3", None),
+        ];
+        let mine = [net("10.244.1.0/24"), net("10.244.9.0/24")];
+        assert_eq!(
+            witnessed_by_others(&nodes, "n1", &mine),
+            vec![net("10.244.1.0/24")]
+        );
+        // A node's word about itself does not count.
+        assert!(witnessed_by_others(&nodes[..1], "n1", &mine).is_empty());
     }
 
     #[test]

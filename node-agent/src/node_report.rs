@@ -143,6 +143,29 @@ impl NodeReporter {
         Ok(true)
     }
 
+    /// Sets an annotation on the Node unless it already has this value.
+    /// Returns whether a patch was sent.
+    pub async fn set_annotation(
+        &self,
+        node: &Node,
+        key: &str,
+        value: &str,
+    ) -> Result<bool, kube::Error> {
+        let current = node.metadata.annotations.as_ref().and_then(|a| a.get(key));
+        if current.map(String::as_str) == Some(value) {
+            return Ok(false);
+        }
+        let patch = json!({"metadata": {"annotations": {key: value}}});
+        self.nodes
+            .patch(
+                &self.node_name,
+                &PatchParams::apply(MANAGER),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        Ok(true)
+    }
+
     /// Publishes an Event on the Node. Repeats of the same reason and note
     /// become one Event with a growing count.
     pub async fn event(

@@ -20,7 +20,10 @@ use k8s_openapi::api::core::v1::Node;
 use serde::Serialize;
 
 use crate::advertiser::RouteAdvertiser;
-use crate::approval::{approved_in_netmap, not_approved_message};
+use crate::approval::{
+    approved_in_netmap, not_approved_message, witness_value, witnessed_by_others,
+    witnessed_on_peers, WITNESS_ANNOTATION,
+};
 use crate::config::{overlaps, AgentConfig, TAILNET_RANGES};
 use crate::conflist::{self, ConflistSpec};
 use crate::datapath::DatapathSpec;
@@ -230,6 +233,7 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
             .filter_map(|p| peers::remedy(p, &self.config.tailnet_interface))
             .collect();
 
+        self.witness(view, &status).await;
         report.approved = self.ensure_approved(view, &status, &pod_cidrs).await?;
 
         let cidrs: Vec<String> = pod_cidrs.iter().map(ToString::to_string).collect();
@@ -429,7 +433,12 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
         status: &Status,
         pod_cidrs: &[IpNet],
     ) -> Result<Vec<IpNet>, Stop> {
-        let in_netmap = approved_in_netmap(status, pod_cidrs);
+        let mut in_netmap = approved_in_netmap(status, pod_cidrs);
+        for route in witnessed_by_others(&view.nodes, &self.config.node_name, pod_cidrs) {
+            if !in_netmap.contains(&route) {
+                in_netmap.push(route);
+            }
+        }
         let approved_now = |api: &BTreeSet<IpNet>| -> Vec<IpNet> {
             pod_cidrs
                 .iter()
@@ -528,6 +537,21 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
                     ),
                 ))
             }
+        }
+    }
+
+    /// Publishes the pod routes this node sees approved on its peers, so
+    /// that their agents learn of their approval even when the control
+    /// plane is slow to tell them (see [`crate::approval`]).
+    async fn witness(&self, view: &ClusterView, status: &Status) {
+        let seen = witness_value(&witnessed_on_peers(status, &self.config.cluster_pod_cidrs));
+        if let Err(e) = self
+            .reporter
+            .set_annotation(&view.own, WITNESS_ANNOTATION, &seen)
+            .await
+        {
+            self.metrics.error("kubernetes");
+            tracing::warn!(error = %e, "cannot annotate the Node with the peer routes it sees");
         }
     }
 

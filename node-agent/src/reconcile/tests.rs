@@ -102,11 +102,19 @@ fn node(name: &str, cidr: &str, ip: &str, condition: Option<(&str, &str)>) -> No
         .collect();
     serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "uid": format!("uid-{name}")},
+        // What n1 sees of n2 (the fake status's peer) is already published.
+        "metadata": {"name": name, "uid": format!("uid-{name}"),
+                     "annotations": {"tailroute.dev/peer-routes-approved": "10.244.2.0/24"}},
         "spec": {"podCIDR": cidr, "podCIDRs": [cidr]},
         "status": {"addresses": [{"type": "InternalIP", "address": ip}], "conditions": conditions},
     }))
     .expect("node")
+}
+
+/// `node` before its agent published what it sees.
+fn unwitnessed(mut node: Node) -> Node {
+    node.metadata.annotations = None;
+    node
 }
 
 fn view(own: Node) -> ClusterView {
@@ -379,6 +387,47 @@ async fn an_approved_route_makes_no_api_call() {
     fake.finish();
     assert!(!report.network_unavailable);
     assert!(approver.calls.lock().expect("lock").is_empty());
+}
+
+#[tokio::test]
+async fn a_route_another_node_witnessed_counts_as_approved() {
+    let bed = bed();
+    let approver = RecordedApprover::default();
+    let fake = FakeTailscaled::start(first_pass_tailscaled(false));
+    let (client, api) = MockApiserver::start(vec![
+        event("RouteAdvertised", "Normal"),
+        event("CNIConfigWritten", "Normal"),
+        condition("False", "TailrouteIsUp", "approved"),
+        event("TailrouteIsUp", "Normal"),
+    ]);
+    let mut r = reconciler(
+        &bed,
+        &fake,
+        client,
+        RecordedNetwork::default(),
+        Some(approver.clone()),
+    );
+    let n1 = node("n1", "10.244.1.0/24", "100.64.0.1", None);
+    let mut n2 = node("n2", "10.244.2.0/24", "100.64.0.2", None);
+    n2.metadata.annotations = Some(
+        [(
+            "tailroute.dev/peer-routes-approved".to_owned(),
+            "10.244.1.0/24".to_owned(),
+        )]
+        .into(),
+    );
+    let cluster = ClusterView {
+        own: n1.clone(),
+        nodes: vec![n1, n2],
+    };
+    let report = r.reconcile(&cluster).await;
+    api.finish();
+    fake.finish();
+    assert!(!report.network_unavailable, "{report:?}");
+    assert!(
+        approver.calls.lock().expect("lock").is_empty(),
+        "no API call"
+    );
 }
 
 #[tokio::test]
