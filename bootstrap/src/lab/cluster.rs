@@ -362,7 +362,7 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
                 let record = &record;
                 let agent_user = agent_users.iter().find(|(n, _)| *n == name).map(|(_, u)| u);
                 let api = (approval == Some(Approval::Api))
-                    .then(|| (headscale.url.as_str(), api_key_file.as_path()));
+                    .then_some((headscale.url.as_str(), api_key_file.as_path()));
                 let node_agent = agent_user.map(|user| NodeAgent {
                     user,
                     network: &network,
