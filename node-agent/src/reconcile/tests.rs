@@ -245,6 +245,17 @@ async fn an_unapproved_route_is_reported_with_the_policy_snippet_then_up_once_ap
     let (client, api) = MockApiserver::start(vec![
         event("RouteAdvertised", "Normal"),
         event("CNIConfigWritten", "Normal"),
+        ApiCall::new(
+            "PATCH",
+            "/api/v1/nodes/n1",
+            json!({"metadata": {"name": "n1"}}),
+        )
+        .body(|b| {
+            let expected = json!({"metadata": {"annotations": {
+                "tailroute.dev/peer-routes-approved": "10.244.2.0/24"
+            }}});
+            assert_eq!(b, &expected);
+        }),
         condition(
             "True",
             "RouteNotApproved",
@@ -253,7 +264,7 @@ async fn an_unapproved_route_is_reported_with_the_policy_snippet_then_up_once_ap
         event("RouteNotApproved", "Warning"),
     ]);
     let mut r = reconciler(&bed, &fake, client, network.clone(), None);
-    let n1 = node("n1", "10.244.1.0/24", "100.64.0.1", None);
+    let n1 = unwitnessed(node("n1", "10.244.1.0/24", "100.64.0.1", None));
     let report = r.reconcile(&view(n1)).await;
     api.finish();
     fake.finish();
