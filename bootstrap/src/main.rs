@@ -90,6 +90,10 @@ enum LabCommand {
         /// The node agent [default: tailroute-agent next to this binary].
         #[arg(long)]
         agent: Option<PathBuf>,
+        /// Add a "laptop": a tailnet device (accepting routes) that is not
+        /// a cluster node, to reach pods from outside the cluster.
+        #[arg(long)]
+        laptop: bool,
     },
     /// Stop and remove everything the lab made.
     Down {
@@ -170,9 +174,10 @@ fn lab(command: LabCommand) -> Result<ExitCode, Error> {
             no_agent,
             approval,
             agent,
+            laptop,
         } => {
             let agent = (!no_agent).then_some((agent, approval));
-            lab_up(&lab, nodes, topology, dual_stack, cni_plugin, agent)?
+            lab_up(&lab, nodes, topology, dual_stack, cni_plugin, agent, laptop)?
         }
         LabCommand::Down { lab } => {
             let report = cluster::down(&lab.tag()?, &lab.state_dir())?;
@@ -206,9 +211,11 @@ fn lab_up(
     dual_stack: bool,
     cni_plugin: Option<PathBuf>,
     agent: Option<(Option<PathBuf>, Approval)>,
+    laptop: bool,
 ) -> Result<(), Error> {
     require_root()?;
-    let plan = TopologyPlan::new(lab.tag()?, nodes, topology, dual_stack)?;
+    let hosts = nodes + usize::from(laptop);
+    let plan = TopologyPlan::new(lab.tag()?, hosts, topology, dual_stack)?;
     let exe = std::env::current_exe()?;
     let cni_plugin = cni_plugin.unwrap_or_else(|| exe.with_file_name("tailroute-bridge"));
     let agent = match agent {
@@ -233,6 +240,7 @@ fn lab_up(
         exe,
         cni_plugin,
         agent,
+        laptop,
     };
     println!(
         "lab {:?}: {nodes} nodes, {topology}{}",
@@ -326,6 +334,14 @@ fn print_status(info: &LabInfo, state_dir: &Path) -> Result<(), Error> {
                 .map_or("-".into(), |(_, c)| c.clone()),
             view.map_or("?", |v| v.state.as_str()),
             peers
+        );
+    }
+    if let Some(laptop) = &info.laptop {
+        let ips: Vec<String> = laptop.tailnet_ips.iter().map(ToString::to_string).collect();
+        println!(
+            "laptop (a tailnet device, not a node) in {}: {}",
+            laptop.namespace,
+            ips.join(",")
         );
     }
     println!("\n{:<28} {:>8} {:>10}", "PROCESS", "PID", "RSS");

@@ -1033,7 +1033,7 @@ fn a_hand_made_route_survives_the_agent(lab: &CliLab) {
 fn agents_connect_every_pod_to_every_other_without_snat_on_a_flat_lab() {
     let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = CliLab::new('a');
-    let out = lab.up_with(3, "flat", false, &["--approval=api"]);
+    let out = lab.up_with(3, "flat", false, &["--approval=api", "--laptop"]);
     println!("{out}");
     every_node_is_up(&lab);
     // No autoApprovers in this lab: each agent approved its own route
@@ -1057,6 +1057,9 @@ fn agents_connect_every_pod_to_every_other_without_snat_on_a_flat_lab() {
     assert_eq!(pairs, 30);
     no_mtu_black_hole(&lab, &pods);
     a_hand_made_route_survives_the_agent(&lab);
+    a_laptop_and_the_pods_reach_each_other(&lab, &pods);
+    an_agent_restart_does_not_interrupt_pod_traffic(&lab, &pods);
+    a_tailscaled_restart_heals_within_15_s(&lab, &pods);
     lab.down_and_check();
 }
 
@@ -1140,4 +1143,192 @@ fn without_approval_every_agent_says_what_to_do() {
         .unwrap_or(0);
     assert!(warnings >= 2, "a Warning Event per node: {events}");
     lab.down_and_check();
+}
+
+/// The pid of the lab process named `what` (`agent n1`, `tailscaled n2`).
+fn lab_process(lab: &CliLab, what: &str) -> u32 {
+    let status = lab.status();
+    status["processes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["what"] == what && p["running"] == true)
+        .and_then(|p| p["pid"].as_u64())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .unwrap_or_else(|| panic!("no process {what:?} in {}", status["processes"]))
+}
+
+/// Stops `pid` (SIGTERM, then waits) and starts the same program with the
+/// same arguments and environment in node `ns`, as the lab started it.
+/// Returns the new pid.
+fn restart_in(ns: &str, pid: u32, log: &Path, entry: tailroute::lab::daemon::Entry) -> u32 {
+    let read = |what: &str| std::fs::read(format!("/proc/{pid}/{what}")).expect(what);
+    let split = |bytes: Vec<u8>| -> Vec<String> {
+        bytes
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect()
+    };
+    let argv = split(read("cmdline"));
+    let env: Vec<(String, String)> = split(read("environ"))
+        .into_iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .filter(|(k, _)| k.starts_with("TS_"))
+        .collect();
+    let program = PathBuf::from(&argv[0]);
+    let id =
+        tailroute::lab::process::ProcessId::of(i32::try_from(pid).expect("pid")).expect("running");
+    tailroute::lab::process::stop(&id, Duration::from_secs(10)).expect("stop");
+    tailroute::lab::daemon::DaemonSpec {
+        namespace: Some(ns),
+        entry,
+        program: &program,
+        args: argv[1..].to_vec(),
+        env,
+        log: log.to_path_buf(),
+    }
+    .spawn()
+    .expect("restart")
+}
+
+/// Restarting the agents keeps an established pod-to-pod TCP stream
+/// across nodes going: a message every 50 ms, each echoed within 1 s.
+fn an_agent_restart_does_not_interrupt_pod_traffic(lab: &CliLab, pods: &[LabPod]) {
+    let status = lab.status();
+    let server = pods.iter().find(|p| p.node == "n2").expect("a pod on n2");
+    let client = pods.iter().find(|p| p.node == "n1").expect("a pod on n1");
+    let dst = *server.ips.first().expect("ip");
+    let listener = common::in_netns(&server.netns, || {
+        std::net::TcpListener::bind(std::net::SocketAddr::new(dst, 5202)).expect("bind")
+    });
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while conn.read_exact(&mut buf).is_ok() {
+            if conn.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stream = common::in_netns(&client.netns, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(dst, 5202),
+            Duration::from_secs(5),
+        )
+        .expect("connect")
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut sent, mut worst) = (0u32, Duration::ZERO);
+            let mut back = [0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                stream.write_all(&[7u8; 64]).expect("the stream broke");
+                stream
+                    .read_exact(&mut back)
+                    .expect("no echo within 1 s: the stream stalled");
+                worst = worst.max(started.elapsed());
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, worst)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, node) in ["n1", "n2"].iter().enumerate() {
+        let ns = status["lab"]["nodes"][i]["namespace"].as_str().expect("ns");
+        let pid = lab_process(lab, &format!("agent {node}"));
+        let log = lab.state_dir.join(format!("nodes/{node}/agent.log"));
+        restart_in(ns, pid, &log, tailroute::lab::daemon::Entry::Setns);
+    }
+    // The restarted agents find everything in place and change nothing.
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, worst) = talker.join().expect("the stream was interrupted");
+    drop(echo);
+    println!("agent restart: {sent} echoes across the restart, slowest {worst:?}");
+    assert!(sent > 50, "{sent}");
+    every_node_is_up(lab);
+}
+
+/// Restarting tailscaled on n2: every pod reaches every other again
+/// within 15 s.
+fn a_tailscaled_restart_heals_within_15_s(lab: &CliLab, pods: &[LabPod]) {
+    let status = lab.status();
+    let ns = status["lab"]["nodes"][1]["namespace"]
+        .as_str()
+        .expect("ns")
+        .to_owned();
+    let pid = lab_process(lab, "tailscaled n2");
+    let log = lab.state_dir.join("nodes/n2/tailscaled.log");
+    let started = Instant::now();
+    restart_in(&ns, pid, &log, tailroute::lab::daemon::Entry::IpNetnsExec);
+    pod_matrix(
+        pods,
+        Duration::from_secs(15).saturating_sub(started.elapsed()),
+    );
+    println!(
+        "tailscaled restart on n2: matrix green after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A laptop on the tailnet (accept-routes on, not a cluster node) reaches
+/// pods at their own IPs and they see its tailnet address; a pod reaches
+/// the laptop's 100.x address, masqueraded to its node's tailnet address
+/// (so a device that does not accept routes can answer too).
+fn a_laptop_and_the_pods_reach_each_other(lab: &CliLab, pods: &[LabPod]) {
+    let status = lab.status();
+    let laptop = &status["lab"]["laptop"];
+    let laptop_ns = laptop["namespace"]
+        .as_str()
+        .expect("laptop namespace")
+        .to_owned();
+    let laptop_ip: IpAddr = laptop["tailnet_ips"][0]
+        .as_str()
+        .expect("ip")
+        .parse()
+        .expect("ip");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for pod in pods {
+        let dst = *pod.ips.iter().find(|ip| ip.is_ipv4()).expect("v4");
+        loop {
+            match ask_pod_server(&laptop_ns, dst) {
+                Ok(answer) if answer.contains(&format!("client={laptop_ip}:")) => break,
+                other => assert!(
+                    Instant::now() < deadline,
+                    "laptop -> {} ({dst}): {other:?}",
+                    pod.name
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let nodes = status["lab"]["nodes"].as_array().expect("nodes");
+    for pod in pods {
+        let node_ip: IpAddr = nodes
+            .iter()
+            .find(|n| n["name"] == pod.node.as_str())
+            .and_then(|n| n["tailnet_ips"][0].as_str())
+            .expect("node tailnet ip")
+            .parse()
+            .expect("ip");
+        let seen = common::tcp_source_seen_by(&laptop_ns, laptop_ip, &pod.netns);
+        assert_eq!(
+            seen, node_ip,
+            "{} -> laptop is masqueraded to its node's tailnet IP",
+            pod.name
+        );
+    }
 }

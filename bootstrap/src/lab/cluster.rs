@@ -46,6 +46,20 @@ pub struct LabSpec {
     /// The node agent on every node, or none (the conflist is then the
     /// caller's business).
     pub agent: Option<AgentSetup>,
+    /// Whether the plan's last node is a "laptop": a tailnet device of the
+    /// lab user that accepts routes and is not a cluster node.
+    pub laptop: bool,
+}
+
+/// The lab's laptop: on the tailnet, not in the cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabLaptop {
+    /// Its network namespace.
+    pub namespace: String,
+    /// Its tailnet addresses, IPv4 first.
+    pub tailnet_ips: Vec<IpAddr>,
+    /// Its tailscaled socket.
+    pub tailscaled_socket: PathBuf,
 }
 
 /// One node of a running lab.
@@ -102,6 +116,9 @@ pub struct LabInfo {
     pub agents: Option<String>,
     /// The nodes.
     pub nodes: Vec<LabNode>,
+    /// The laptop, when asked for.
+    #[serde(default)]
+    pub laptop: Option<LabLaptop>,
     /// Wall-clock seconds per phase of `up`, in order.
     pub timings: Vec<(String, f64)>,
 }
@@ -190,6 +207,7 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
         )));
     }
     let plan = &spec.plan;
+    let kube_nodes = &plan.nodes[..plan.nodes.len().saturating_sub(usize::from(spec.laptop))];
     let ledger = Ledger::create(&spec.state_dir).map_err(|e| LabError::Setup(e.to_string()))?;
     let ledger = Mutex::new(ledger);
     let up_err = |e: &dyn std::fmt::Display| LabError::Up(e.to_string());
@@ -239,8 +257,7 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     if let Some(v6) = &plan.control_plane.uplink.ipv6 {
         advertise.push(v6.addr);
     }
-    let node_users: Vec<(String, TokenUser)> = plan
-        .nodes
+    let node_users: Vec<(String, TokenUser)> = kube_nodes
         .iter()
         .map(|n| {
             let name = format!("n{}", n.index);
@@ -316,6 +333,7 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
                 .unwrap_or_default()
         }),
         nodes: Vec::new(),
+        laptop: None,
         timings: Vec::new(),
     };
     wait_ready(
@@ -350,8 +368,7 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     // Nodes join in parallel: each `tailscale up` is a few seconds of
     // waiting on the control server.
     let joined: Vec<Result<LabNode, LabError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = plan
-            .nodes
+        let handles: Vec<_> = kube_nodes
             .iter()
             .map(|node| {
                 let (name, user) = node_users
@@ -386,6 +403,21 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     });
     for node in joined {
         info.nodes.push(node?);
+    }
+    if let Some(node) = plan.nodes.last().filter(|_| spec.laptop) {
+        let key = cp_dir.join("headscale/laptop.key");
+        headscale
+            .user_key(&key, Duration::from_secs(3600))
+            .map_err(|e| up_err(&e))?;
+        let dir = spec.state_dir.join("laptop");
+        let ns = &node.host.namespace;
+        let (socket, tailnet_ips) =
+            join_tailnet(spec, ns, &dir, "laptop", &headscale.url, &key, &record)?;
+        info.laptop = Some(LabLaptop {
+            namespace: ns.clone(),
+            tailnet_ips,
+            tailscaled_socket: socket,
+        });
     }
     phase("nodes: tailscaled joined, kubelets started", progress);
 
@@ -423,41 +455,26 @@ pub fn up(spec: &LabSpec, progress: &mut dyn FnMut(&str)) -> Result<LabInfo, Lab
     Ok(info)
 }
 
-/// What a node's agent needs from `up`.
-struct NodeAgent<'a> {
-    user: &'a TokenUser,
-    network: &'a ClusterNetwork,
-    api: Option<(&'a str, &'a Path)>,
-}
-
-/// Starts one node: tailscaled, the tailnet join, the lab kubelet, and the
-/// agent.
-#[allow(clippy::too_many_arguments)]
-fn start_node(
+/// Starts tailscaled in `ns` (state under `dir/tailscale`) and brings it
+/// onto the lab's tailnet as `name` with the key in `key_file`, through
+/// the same join code as `tailroute join`. Returns its socket and tailnet
+/// addresses.
+fn join_tailnet(
     spec: &LabSpec,
-    node: &crate::lab::plan::Node,
+    ns: &str,
+    dir: &Path,
     name: &str,
-    user: &TokenUser,
-    headscale: &Headscale,
+    login_server: &str,
     key_file: &Path,
-    k8s: &kubernetes::KubernetesEndpoints,
-    node_agent: Option<NodeAgent<'_>>,
     record: &(dyn Fn(u32, &str) -> Result<(), String> + Sync),
-) -> Result<LabNode, LabError> {
-    let fail =
-        |what: &str, e: &dyn std::fmt::Display| LabError::Up(format!("node {name}: {what}: {e}"));
-    let ns = node.host.namespace.clone();
-    let dir = spec.state_dir.join("nodes").join(name);
+) -> Result<(PathBuf, Vec<IpAddr>), LabError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| LabError::Up(format!("{name}: {what}: {e}"));
     let ts_dir = dir.join("tailscale");
-    let cni_conf_dir = dir.join("etc/cni/net.d");
-    let cni_bin_dir = dir.join("opt/cni/bin");
-    for d in [&ts_dir, &cni_conf_dir, &cni_bin_dir, &dir.join("kubelet")] {
-        std::fs::create_dir_all(d).map_err(|e| fail("create directories", &e))?;
-    }
+    std::fs::create_dir_all(&ts_dir).map_err(|e| fail("create directories", &e))?;
     let socket = crate::tailnet::socket_in(&ts_dir);
     let ts_log = dir.join("tailscaled.log");
     let pid = DaemonSpec {
-        namespace: Some(&ns),
+        namespace: Some(ns),
         entry: Entry::IpNetnsExec,
         program: &spec.peers.tailscaled,
         args: vec![
@@ -493,10 +510,10 @@ fn start_node(
     let cli = TailscaleCli {
         program: spec.peers.tailscale.clone(),
         socket: socket.clone(),
-        namespace: Some(ns.clone()),
+        namespace: Some(ns.to_owned()),
     };
     cli.up(&JoinOptions {
-        login_server: Some(headscale.url.clone()),
+        login_server: Some(login_server.to_owned()),
         auth_key_file: key_file.to_owned(),
         hostname: name.to_owned(),
         advertise_tags: vec![],
@@ -519,6 +536,44 @@ fn start_node(
         },
     )
     .map_err(|e| fail("join", &e))?;
+
+    Ok((socket, tailnet_ips))
+}
+
+/// What a node's agent needs from `up`.
+struct NodeAgent<'a> {
+    user: &'a TokenUser,
+    network: &'a ClusterNetwork,
+    api: Option<(&'a str, &'a Path)>,
+}
+
+/// Starts one node: tailscaled, the tailnet join, the lab kubelet, and the
+/// agent.
+#[allow(clippy::too_many_arguments)]
+fn start_node(
+    spec: &LabSpec,
+    node: &crate::lab::plan::Node,
+    name: &str,
+    user: &TokenUser,
+    headscale: &Headscale,
+    key_file: &Path,
+    k8s: &kubernetes::KubernetesEndpoints,
+    node_agent: Option<NodeAgent<'_>>,
+    record: &(dyn Fn(u32, &str) -> Result<(), String> + Sync),
+) -> Result<LabNode, LabError> {
+    let fail =
+        |what: &str, e: &dyn std::fmt::Display| LabError::Up(format!("node {name}: {what}: {e}"));
+    let ns = node.host.namespace.clone();
+    let dir = spec.state_dir.join("nodes").join(name);
+    let ts_dir = dir.join("tailscale");
+    let cni_conf_dir = dir.join("etc/cni/net.d");
+    let cni_bin_dir = dir.join("opt/cni/bin");
+    for d in [&ts_dir, &cni_conf_dir, &cni_bin_dir, &dir.join("kubelet")] {
+        std::fs::create_dir_all(d).map_err(|e| fail("create directories", &e))?;
+    }
+    let (socket, tailnet_ips) =
+        join_tailnet(spec, &ns, &dir, name, &headscale.url, key_file, record)
+            .map_err(|e| fail("tailnet", &e))?;
 
     let plugin_dest = cni_bin_dir.join("tailroute-bridge");
     std::fs::copy(&spec.cni_plugin, &plugin_dest)

@@ -173,8 +173,23 @@ impl Headscale {
     /// A reusable pre-auth key, valid for `ttl`, whose nodes join tagged
     /// [`NODE_TAG`], written to `path` (owner-only).
     pub fn node_key(&self, path: &Path, ttl: Duration) -> Result<(), HeadscaleError> {
+        self.preauth_key(path, ttl, Some(NODE_TAG))
+    }
+
+    /// A pre-auth key for a device of the lab user with no tag (a
+    /// "laptop": on the tailnet, not a cluster node), written to `path`.
+    pub fn user_key(&self, path: &Path, ttl: Duration) -> Result<(), HeadscaleError> {
+        self.preauth_key(path, ttl, None)
+    }
+
+    fn preauth_key(
+        &self,
+        path: &Path,
+        ttl: Duration,
+        tag: Option<&str>,
+    ) -> Result<(), HeadscaleError> {
         let expiration = format!("{}s", ttl.as_secs());
-        let json = self.cli(&[
+        let mut args = vec![
             "preauthkeys",
             "create",
             "--user",
@@ -182,11 +197,13 @@ impl Headscale {
             "--reusable",
             "--expiration",
             &expiration,
-            "--tags",
-            NODE_TAG,
             "-o",
             "json",
-        ])?;
+        ];
+        if let Some(tag) = tag {
+            args.extend(["--tags", tag]);
+        }
+        let json = self.cli(&args)?;
         let value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
             HeadscaleError::Setup(format!("preauthkeys create printed no JSON ({e}): {json}"))
         })?;
