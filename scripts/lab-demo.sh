@@ -34,15 +34,22 @@ say "n1 pings n2 at its tailnet IP $ip2, over tailscale0 (in hybrid, the only pa
 say "n1's view of the tailnet"
 "$tr" lab exec n1 -- "$(jq -r .lab.tailscale <<<"$status")" --socket="$(jq -r .lab.nodes[0].tailscaled_socket <<<"$status")" status
 
-say "A Deployment of 3: kube-scheduler places the pods on lab nodes"
+say "Each node's agent advertised its podCIDR, got it approved through Headscale's API, and says so on the Node"
+"$kubectl" get nodes -o custom-columns='NAME:.metadata.name,NETWORK-UNAVAILABLE:.status.conditions[?(@.type=="NetworkUnavailable")].status,REASON:.status.conditions[?(@.type=="NetworkUnavailable")].reason'
+"$kubectl" get events --field-selector involvedObject.kind=Node --sort-by=.lastTimestamp | tail -n 8
+
+say "A Deployment of 3: kube-scheduler places the pods, tailroute-bridge gives them IPs from their node's podCIDR"
 "$kubectl" create deployment web --image=lab/builtin-server --replicas=3 --port=8080 \
   --dry-run=client -o yaml | "$kubectl" apply -f -
-sleep 3
+"$kubectl" wait --for=condition=Ready pod -l app=web --timeout=60s >/dev/null
 "$kubectl" get pods -o wide
-echo
-echo "The pods stay Pending until a CNI configuration exists on their node; the"
-echo "node agent (tailroute-agent) writes it. Why, in the kubelet's words:"
-"$kubectl" get pods -o jsonpath='{range .items[0].status.conditions[?(@.status=="False")]}  {.type}: {.message}{"\n"}{end}'
+
+first=$("$kubectl" get pods -l app=web -o jsonpath='{.items[0].metadata.name}')
+for ip in $("$kubectl" get pods -l app=web -o jsonpath='{.items[*].status.podIP}'); do
+  say "pod $first asks the pod at $ip (the server sees the client pod's own IP: no SNAT)"
+  "$tr" lab exec "default/$first" -- bash -c \
+    "exec 3<>/dev/tcp/$ip/8080; printf 'GET / HTTP/1.0\r\n\r\n' >&3; tail -n 1 <&3" || true
+done
 
 say "The lab is up"
 echo "  kubectl:   export KUBECONFIG=$KUBECONFIG  (kubectl: $kubectl)"
