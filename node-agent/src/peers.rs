@@ -213,7 +213,8 @@ pub fn remedy(report: &PeerReport, tailnet_interface: &str) -> Option<String> {
     })
 }
 
-fn join(nets: &[IpNet]) -> String {
+/// `10.244.1.0/24, fd00:10:244:1::/64`: prefixes as a message shows them.
+pub fn join(nets: &[IpNet]) -> String {
     nets.iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()

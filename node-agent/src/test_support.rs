@@ -158,3 +158,80 @@ impl MockApiserver {
         );
     }
 }
+
+/// One HTTP/1.1 request as a scripted fake server saw it.
+pub(crate) struct SeenRequest {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl SeenRequest {
+    /// A header's value (names compare case-insensitively).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one request (head and a Content-Length body) from `conn`. A
+/// connection closed before any byte of a head is `UnexpectedEof` (a client
+/// may open a spare connection and close it unused).
+pub(crate) async fn read_request<S: tokio::io::AsyncRead + Unpin>(
+    conn: &mut S,
+) -> std::io::Result<SeenRequest> {
+    use tokio::io::AsyncReadExt;
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before the request head ended",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next().unwrap_or_default().split(' ');
+    let method = parts.next().unwrap_or_default().to_owned();
+    let target = parts.next().unwrap_or_default().to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let mut seen = SeenRequest {
+        method,
+        target,
+        headers,
+        body: buf[head_end + 4..].to_vec(),
+    };
+    if seen.header("transfer-encoding").is_some() {
+        return Err(bad(
+            "chunked request body; the client should send Content-Length",
+        ));
+    }
+    let length: usize = seen
+        .header("content-length")
+        .map(|v| v.parse().map_err(|_| bad("bad Content-Length")))
+        .transpose()?
+        .unwrap_or(0);
+    while seen.body.len() < length {
+        let mut chunk = vec![0u8; length - seen.body.len()];
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(bad("connection closed inside the body"));
+        }
+        seen.body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(seen)
+}

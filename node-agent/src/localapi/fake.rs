@@ -10,11 +10,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::test_support::{tempdir, TempDir};
+use crate::test_support::{read_request, tempdir, SeenRequest, TempDir};
 
 /// One expected request and the answer to give.
 pub(crate) struct Exchange {
@@ -178,23 +178,6 @@ async fn serve(
     }
 }
 
-/// What the client sent.
-struct SeenRequest {
-    method: String,
-    target: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl SeenRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 fn check(expected: &Exchange, seen: &SeenRequest) -> Vec<String> {
     let mut problems = Vec::new();
     let what = format!("{} {}", seen.method, seen.target);
@@ -233,57 +216,6 @@ fn check(expected: &Exchange, seen: &SeenRequest) -> Vec<String> {
         }
     }
     problems
-}
-
-async fn read_request(conn: &mut UnixStream) -> std::io::Result<SeenRequest> {
-    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_owned());
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(bad("connection closed before the request head ended"));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8(buf[..head_end].to_vec()).map_err(|_| bad("head not UTF-8"))?;
-    let mut lines = head.split("\r\n");
-    let request_line = lines.next().unwrap_or_default();
-    let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default().to_owned();
-    let target = parts.next().unwrap_or_default().to_owned();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let mut seen = SeenRequest {
-        method,
-        target,
-        headers,
-        body: buf[head_end + 4..].to_vec(),
-    };
-    if seen.header("transfer-encoding").is_some() {
-        return Err(bad(
-            "chunked request body; the client should send Content-Length",
-        ));
-    }
-    let length: usize = seen
-        .header("content-length")
-        .map(|v| v.parse().map_err(|_| bad("bad Content-Length")))
-        .transpose()?
-        .unwrap_or(0);
-    while seen.body.len() < length {
-        let mut chunk = vec![0u8; length - seen.body.len()];
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(bad("connection closed inside the body"));
-        }
-        seen.body.extend_from_slice(&chunk[..n]);
-    }
-    Ok(seen)
 }
 
 async fn write_answer(

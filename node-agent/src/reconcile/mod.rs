@@ -31,7 +31,7 @@ use crate::localapi::{BackendState, LocalApiClient, Status};
 use crate::metrics::{Metrics, Outcome, OutcomeLabel, PeerLabel};
 use crate::node_network::NodeNetwork;
 use crate::node_report::{NetworkCondition, NodeReporter};
-use crate::peers::{self, PeerReport};
+use crate::peers::{self, join, PeerReport};
 
 /// The cluster as the agent last saw it.
 #[derive(Debug, Clone)]
@@ -656,13 +656,6 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
 
 fn count<T>(items: &[T]) -> i64 {
     i64::try_from(items.len()).unwrap_or(i64::MAX)
-}
-
-fn join(nets: &[IpNet]) -> String {
-    nets.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[cfg(test)]
