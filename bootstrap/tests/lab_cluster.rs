@@ -1060,6 +1060,7 @@ fn agents_connect_every_pod_to_every_other_without_snat_on_a_flat_lab() {
     a_laptop_and_the_pods_reach_each_other(&lab, &pods);
     an_agent_restart_does_not_interrupt_pod_traffic(&lab, &pods);
     a_tailscaled_restart_heals_within_15_s(&lab, &pods);
+    a_deleted_node_leaves_no_ghost_device(&lab);
     lab.down_and_check();
 }
 
@@ -1331,4 +1332,65 @@ fn a_laptop_and_the_pods_reach_each_other(lab: &CliLab, pods: &[LabPod]) {
             pod.name
         );
     }
+}
+
+/// Deleting Node n3 from the cluster removes its tailnet device from
+/// Headscale within 10 s: the leader agent does it through the API.
+fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
+    let status = lab.status();
+    let config = status["lab"]["headscale_config"]
+        .as_str()
+        .expect("config")
+        .to_owned();
+    let peers =
+        tailroute::lab::peers::Peers::locate(&tailroute::lab::peers::cache_root()).expect("peers");
+    let devices = || -> Vec<String> {
+        let out = Command::new(&peers.headscale)
+            .args(["-c", &config, "nodes", "list", "-o", "json"])
+            .output()
+            .expect("headscale nodes list");
+        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        list.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|n| {
+                n["name"]
+                    .as_str()
+                    .or(n["given_name"].as_str())
+                    .map(str::to_owned)
+            })
+            .collect()
+    };
+    assert!(devices().contains(&"n3".to_owned()), "{:?}", devices());
+    let started = Instant::now();
+    lab.kubectl(&["delete", "node", "n3", "--wait=false"], None);
+    loop {
+        if !devices().contains(&"n3".to_owned()) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "n3's device is still on the tailnet: {:?}",
+            devices()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!(
+        "deleted Node n3: its tailnet device was gone after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let events = lab.kubectl(
+        &[
+            "get",
+            "events",
+            "--field-selector=reason=TailnetDeviceRemoved",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(
+        events.contains("Node n3 was deleted: removed its tailnet device"),
+        "{events}"
+    );
 }

@@ -14,8 +14,10 @@ use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
+use tokio::sync::mpsc;
 use tokio::sync::Notify;
 
 use tailroute_agent::advertiser::RouteAdvertiser;
@@ -23,9 +25,11 @@ use tailroute_agent::approval::control_plane;
 use tailroute_agent::config::{AgentConfig, Args, LogFormat};
 use tailroute_agent::conflist;
 use tailroute_agent::control::ControlPlane;
+use tailroute_agent::departed;
 use tailroute_agent::endpoints::{self, AgentState};
+use tailroute_agent::leader::LeaderLease;
 use tailroute_agent::localapi::{LocalApiClient, WatchMask};
-use tailroute_agent::metrics::Metrics;
+use tailroute_agent::metrics::{KindLabel, Metrics};
 use tailroute_agent::node_network::{KernelNetwork, NodeNetwork};
 use tailroute_agent::node_report::NodeReporter;
 use tailroute_agent::reconcile::{ClusterView, Reconciler};
@@ -95,8 +99,9 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         .status_without_peers()
         .await
         .map_err(|e| format!("tailscaled's LocalAPI is unreachable: {e}"))?;
-    let approver =
-        control_plane(&config.approval).map_err(|e| format!("approval credential: {e}"))?;
+    let approver = control_plane(&config.approval)
+        .map_err(|e| format!("approval credential: {e}"))?
+        .map(Arc::new);
     if let Some(control) = &approver {
         control
             .verify()
@@ -122,20 +127,29 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     tokio::spawn(endpoints::serve(listener, state.clone()));
 
     let wake = Arc::new(Notify::new());
-    let nodes = watch_nodes(kube.clone(), wake.clone());
+    let (deleted_tx, deleted) = mpsc::unbounded_channel();
+    let nodes = watch_nodes(kube.clone(), wake.clone(), deleted_tx);
     tokio::spawn(watch_tailscaled(localapi.clone(), wake.clone()));
 
-    let reconciler: Reconciler<KernelNetwork, ControlPlane> = Reconciler::new(
+    let reporter = NodeReporter::new(kube.clone(), &config.node_name);
+    let departed = DepartedNodes {
+        lease: LeaderLease::new(kube, &config.node_name, config.resync * 3),
+        control: approver.clone(),
+        reporter: reporter.clone(),
+        metrics: metrics.clone(),
+        deleted,
+    };
+    let reconciler: Reconciler<KernelNetwork, Arc<ControlPlane>> = Reconciler::new(
         config.clone(),
         localapi.clone(),
         RouteAdvertiser::new(localapi, ledger),
         KernelNetwork::new(&config.tailnet_interface),
         approver,
-        NodeReporter::new(kube, &config.node_name),
+        reporter,
         metrics,
     );
     tokio::select! {
-        () = reconcile_loop(reconciler, nodes, wake, state, config.clone()) => Ok(()),
+        () = reconcile_loop(reconciler, departed, nodes, wake, state, config.clone()) => Ok(()),
         () = shutdown_signal() => {
             tracing::info!("stopping; the node's datapath, routes and CNI config stay in place");
             Ok(())
@@ -159,25 +173,87 @@ async fn kube_client(config: &AgentConfig) -> Result<Client, String> {
     Client::try_from(kube_config).map_err(|e| format!("Kubernetes client: {e}"))
 }
 
-/// A cache of every Node, waking the loop on each change.
-fn watch_nodes(client: Client, wake: Arc<Notify>) -> Store<Node> {
+/// A cache of every Node, waking the loop on each change; deleted Nodes
+/// also go to `deleted`.
+fn watch_nodes(
+    client: Client,
+    wake: Arc<Notify>,
+    deleted: mpsc::UnboundedSender<Node>,
+) -> Store<Node> {
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
         watcher(Api::<Node>::all(client), watcher::Config::default()),
     )
-    .default_backoff()
-    .touched_objects();
+    .default_backoff();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             match item {
+                Ok(watcher::Event::Delete(node)) => {
+                    let _ = deleted.send(node);
+                    wake.notify_one();
+                }
                 Ok(_) => wake.notify_one(),
                 Err(e) => tracing::warn!(error = %e, "watching Nodes"),
             }
         }
     });
     store
+}
+
+/// The leader's chore: the tailnet devices of deleted Nodes.
+struct DepartedNodes {
+    lease: LeaderLease,
+    control: Option<Arc<ControlPlane>>,
+    reporter: NodeReporter,
+    metrics: Arc<Metrics>,
+    deleted: mpsc::UnboundedReceiver<Node>,
+}
+
+impl DepartedNodes {
+    /// Renews or takes the Lease; as the leader, handles every Node deleted
+    /// since the last call, reporting on `own`. Other agents drop them.
+    async fn run(&mut self, own: &Node) {
+        let leading = match self.lease.try_lead().await {
+            Ok(leading) => leading,
+            Err(e) => {
+                self.metrics.error("kubernetes");
+                tracing::warn!(error = %e, "cannot take or renew the leader Lease");
+                false
+            }
+        };
+        self.metrics.leader.set(i64::from(leading));
+        while let Ok(node) = self.deleted.try_recv() {
+            let name = node.metadata.name.clone().unwrap_or_default();
+            if !leading {
+                tracing::debug!(node = %name, "Node deleted; the leader cleans up");
+                continue;
+            }
+            let outcome = departed::clean_up(self.control.as_deref(), &node).await;
+            let note = outcome.note(&name, &departed::tailnet_addresses(&node));
+            let left_behind = matches!(outcome, departed::Departure::LeftBehind(_));
+            if left_behind {
+                tracing::warn!(node = %name, "{note}");
+            } else {
+                tracing::info!(node = %name, "{note}");
+            }
+            self.metrics
+                .departed_nodes
+                .get_or_create(&KindLabel {
+                    kind: outcome.label().to_owned(),
+                })
+                .inc();
+            let reason = if left_behind {
+                "TailnetDeviceLeftBehind"
+            } else {
+                "TailnetDeviceRemoved"
+            };
+            if let Err(e) = self.reporter.event(own, left_behind, reason, note).await {
+                tracing::warn!(error = %e, "cannot publish an Event");
+            }
+        }
+    }
 }
 
 /// Wakes the loop whenever tailscaled's state or prefs change, and on
@@ -208,6 +284,7 @@ async fn watch_tailscaled(localapi: LocalApiClient, wake: Arc<Notify>) {
 
 async fn reconcile_loop<N: NodeNetwork, A: tailroute_agent::reconcile::RouteApprover>(
     mut reconciler: Reconciler<N, A>,
+    mut departed: DepartedNodes,
     nodes: Store<Node>,
     wake: Arc<Notify>,
     state: Arc<AgentState>,
@@ -230,6 +307,7 @@ async fn reconcile_loop<N: NodeNetwork, A: tailroute_agent::reconcile::RouteAppr
                 };
                 let report = reconciler.reconcile(&view).await;
                 state.record(report);
+                departed.run(own).await;
             }
             None => tracing::warn!(
                 node = %config.node_name,

@@ -75,6 +75,10 @@ pub struct Metrics {
     pub conflist_writes: Counter,
     /// The tailnet interface's MTU, as written into the conflist.
     pub pod_mtu: Gauge,
+    /// 1 while this agent holds the leader Lease.
+    pub leader: Gauge,
+    /// Deleted Nodes handled by the leader, by what became of their device.
+    pub departed_nodes: Family<KindLabel, Counter>,
 }
 
 impl Metrics {
@@ -98,6 +102,8 @@ impl Metrics {
             datapath_changes: Counter::default(),
             conflist_writes: Counter::default(),
             pod_mtu: Gauge::default(),
+            leader: Gauge::default(),
+            departed_nodes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -165,6 +171,16 @@ impl Metrics {
             "pod_mtu",
             "The pod interface MTU written into the conflist",
             metrics.pod_mtu.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this agent holds the leader Lease (it cleans up after deleted Nodes)",
+            metrics.leader.clone(),
+        );
+        registry.register(
+            "departed_nodes",
+            "Deleted Nodes handled by the leader, by what became of their tailnet device",
+            metrics.departed_nodes.clone(),
         );
         Metrics {
             registry,

@@ -35,6 +35,7 @@ pub(crate) struct ApiCall {
     method: &'static str,
     path: String,
     check_body: Box<dyn Fn(&serde_json::Value) + Send>,
+    status: u16,
     reply: serde_json::Value,
 }
 
@@ -45,8 +46,22 @@ impl ApiCall {
             method,
             path: path.to_owned(),
             check_body: Box::new(|_| {}),
+            status: 200,
             reply,
         }
+    }
+
+    /// Answers with this HTTP status instead of 200; a body that is not
+    /// an object becomes the apiserver's `Status` for that code.
+    pub(crate) fn status(mut self, code: u16) -> ApiCall {
+        self.status = code;
+        if !self.reply.as_object().is_some_and(|o| !o.is_empty()) {
+            self.reply = serde_json::json!({
+                "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "scripted", "reason": "NotFound", "code": code,
+            });
+        }
+        self
     }
 
     /// Also checks the request's JSON body.
@@ -109,7 +124,7 @@ impl MockApiserver {
                             st.problems
                                 .push(format!("{method} {path}: unexpected body {body}"));
                         }
-                        (200, call.reply)
+                        (call.status, call.reply)
                     }
                     Some(call) => {
                         let mut st = shared.lock().expect("mock state");

@@ -9,11 +9,11 @@
 //! step that cannot be done decides the `NetworkUnavailable` condition, and
 //! its message says what to do.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
@@ -42,6 +42,10 @@ pub struct ClusterView {
     pub nodes: Vec<Node>,
 }
 
+/// How long the API's "approved" stands in for the node's netmap before the
+/// API is asked again (Headscale may not update a node's own view for long).
+const API_WORD_TRUSTED: Duration = Duration::from_secs(300);
+
 /// Approving routes through the control plane's API.
 pub trait RouteApprover: Send + Sync {
     /// Approves `routes` on the device with node key `node_key` (falling
@@ -53,6 +57,17 @@ pub trait RouteApprover: Send + Sync {
         tailnet_ips: &[IpAddr],
         routes: &[IpNet],
     ) -> impl Future<Output = Result<Vec<IpNet>, ApprovalFailure>> + Send;
+}
+
+impl<T: RouteApprover> RouteApprover for Arc<T> {
+    async fn approve(
+        &self,
+        node_key: &str,
+        tailnet_ips: &[IpAddr],
+        routes: &[IpNet],
+    ) -> Result<Vec<IpNet>, ApprovalFailure> {
+        (**self).approve(node_key, tailnet_ips, routes).await
+    }
 }
 
 /// An approval the API refused or could not make.
@@ -106,7 +121,7 @@ pub struct Reconciler<N, A> {
     metrics: Arc<Metrics>,
     /// Routes the API said it approved, trusted until the node's netmap
     /// catches up (Headscale sends a node its own approvals late).
-    api_approved: BTreeSet<IpNet>,
+    api_approved: BTreeMap<IpNet, Instant>,
     /// The last condition, to publish an Event only on a change.
     last: Option<NetworkCondition>,
 }
@@ -153,7 +168,7 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
             approver,
             reporter,
             metrics,
-            api_approved: BTreeSet::new(),
+            api_approved: BTreeMap::new(),
             last: None,
         }
     }
@@ -434,21 +449,29 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
         pod_cidrs: &[IpNet],
     ) -> Result<Vec<IpNet>, Stop> {
         let mut in_netmap = approved_in_netmap(status, pod_cidrs);
-        for route in witnessed_by_others(&view.nodes, &self.config.node_name, pod_cidrs) {
-            if !in_netmap.contains(&route) {
-                in_netmap.push(route);
+        // Peers' witness is the best a node without a credential has; it can
+        // lag a withdrawal by one of their passes, so with a credential the
+        // API, which knows, is asked instead.
+        if self.approver.is_none() {
+            for route in witnessed_by_others(&view.nodes, &self.config.node_name, pod_cidrs) {
+                if !in_netmap.contains(&route) {
+                    in_netmap.push(route);
+                }
             }
         }
-        let approved_now = |api: &BTreeSet<IpNet>| -> Vec<IpNet> {
+        let approved_now = |api: &BTreeMap<IpNet, Instant>| -> Vec<IpNet> {
             pod_cidrs
                 .iter()
-                .filter(|c| in_netmap.contains(c) || api.contains(c))
+                .filter(|c| in_netmap.contains(c) || api.contains_key(c))
                 .copied()
                 .collect()
         };
-        // Once the netmap shows a route, the API's word is no longer needed.
-        self.api_approved
-            .retain(|r| pod_cidrs.contains(r) && !in_netmap.contains(r));
+        // Once the netmap shows a route, the API's word is no longer needed;
+        // and it is asked again after a while, in case someone revoked the
+        // approval since.
+        self.api_approved.retain(|r, at| {
+            pod_cidrs.contains(r) && !in_netmap.contains(r) && at.elapsed() < API_WORD_TRUSTED
+        });
         let approved = approved_now(&self.api_approved);
         let missing: Vec<IpNet> = pod_cidrs
             .iter()
@@ -492,7 +515,8 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
                     .filter(|m| now_approved.contains(m))
                     .copied()
                     .collect();
-                self.api_approved.extend(newly.iter().copied());
+                let now = Instant::now();
+                self.api_approved.extend(newly.iter().map(|r| (*r, now)));
                 if !newly.is_empty() {
                     tracing::info!(routes = %join(&newly), "approved pod route through the control plane's API");
                     let note = format!(

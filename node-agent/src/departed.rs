@@ -1,0 +1,173 @@
+//! A Node deleted from the cluster leaves its tailnet device behind unless
+//! someone removes it: a ghost that keeps its name, its address and, worse,
+//! its approved pod route. The agent holding the leader Lease removes it
+//! through the control plane's API; when the credential may not delete
+//! devices (no `devices:core` scope) it at least withdraws the approval of
+//! the node's pod routes; without a credential it says what to do.
+//!
+//! Deletions are seen as they happen (the Node watch); a deletion while no
+//! agent runs is not caught up later, because telling a ghost from a
+//! machine that joined the tailnet but has not registered its Node yet
+//! needs a human.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+
+use crate::config::TAILNET_RANGES;
+use crate::control::{ControlPlane, DeviceQuery, ErrorKind};
+use crate::peers::{join, node_addresses, pod_cidrs};
+
+/// What became of a deleted Node's device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Departure {
+    /// The device was deleted from the control plane.
+    DeviceRemoved {
+        /// Its name there.
+        device: String,
+    },
+    /// Only the approval of its pod routes was withdrawn.
+    ApprovalWithdrawn {
+        /// Its name there.
+        device: String,
+        /// Why the device itself stays.
+        why: String,
+    },
+    /// No device has the Node's tailnet addresses (already gone).
+    NoDevice,
+    /// Nothing could be done; the message says what to do.
+    LeftBehind(String),
+}
+
+impl Departure {
+    /// A metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Departure::DeviceRemoved { .. } => "removed",
+            Departure::ApprovalWithdrawn { .. } => "approval_withdrawn",
+            Departure::NoDevice => "no_device",
+            Departure::LeftBehind(_) => "left_behind",
+        }
+    }
+
+    /// The Event note for `node`.
+    pub fn note(&self, node: &str, addresses: &[IpAddr]) -> String {
+        let addrs: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        match self {
+            Departure::DeviceRemoved { device } => format!(
+                "Node {node} was deleted: removed its tailnet device {device} ({})",
+                addrs.join(", ")
+            ),
+            Departure::ApprovalWithdrawn { device, why } => format!(
+                "Node {node} was deleted: withdrew the approval of its pod routes on tailnet \
+                 device {device}, which stays because {why}"
+            ),
+            Departure::NoDevice => format!(
+                "Node {node} was deleted; no tailnet device has its addresses ({})",
+                addrs.join(", ")
+            ),
+            Departure::LeftBehind(why) => format!(
+                "Node {node} was deleted but its tailnet device ({}) stays: {why}",
+                addrs.join(", ")
+            ),
+        }
+    }
+}
+
+/// The deleted Node's tailnet addresses (its addresses inside the tailnet
+/// ranges: the kubelet's node-ip is its tailnet IP).
+pub fn tailnet_addresses(node: &Node) -> Vec<IpAddr> {
+    let ranges: Vec<IpNet> = TAILNET_RANGES
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect();
+    node_addresses(node)
+        .into_iter()
+        .filter(|ip| ranges.iter().any(|r| r.contains(ip)))
+        .collect()
+}
+
+/// Removes the device of a deleted `node`, or its approval, or explains.
+pub async fn clean_up(control: Option<&ControlPlane>, node: &Node) -> Departure {
+    let addresses = tailnet_addresses(node);
+    let Some(control) = control else {
+        return Departure::LeftBehind(
+            "the agent has no API credential; remove it from the control plane by hand \
+             (Headscale: `headscale nodes delete`; Tailscale: the admin console), or configure \
+             one (docs/agent-credentials.md)"
+                .to_owned(),
+        );
+    };
+    if addresses.is_empty() {
+        return Departure::LeftBehind(
+            "the Node had no address in the tailnet's ranges to find its device by".to_owned(),
+        );
+    }
+    let query = DeviceQuery {
+        node_key: None,
+        addresses: addresses.clone(),
+    };
+    let device = match control.find_device(&query).await {
+        Ok(Some(device)) => device,
+        Ok(None) => return Departure::NoDevice,
+        Err(e) => return Departure::LeftBehind(format!("finding it failed: {e}")),
+    };
+    let name = if device.name.is_empty() {
+        device.hostname.clone()
+    } else {
+        device.name.clone()
+    };
+    match control.delete_device(&device).await {
+        Ok(()) => Departure::DeviceRemoved { device: name },
+        Err(e) if e.kind() == ErrorKind::Forbidden => {
+            let routes = pod_cidrs(node);
+            match control.withdraw_approval(&device, &routes).await {
+                Ok(_) => Departure::ApprovalWithdrawn {
+                    device: name,
+                    why: format!("the credential may not delete devices ({e})"),
+                },
+                Err(e2) => Departure::LeftBehind(format!(
+                    "deleting it was refused ({e}) and withdrawing the approval of {} failed \
+                     ({e2})",
+                    join(&routes)
+                )),
+            }
+        }
+        Err(e) => Departure::LeftBehind(format!("deleting it failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tailnet_addresses_identify_the_device() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n3"},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": "100.64.0.3"},
+                {"type": "InternalIP", "address": "fd7a:115c:a1e0::3"},
+                {"type": "ExternalIP", "address": "203.0.113.7"},
+                {"type": "Hostname", "address": "n3"},
+            ]},
+        }))
+        .expect("node");
+        let found: Vec<String> = tailnet_addresses(&node)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(found, vec!["100.64.0.3", "fd7a:115c:a1e0::3"]);
+    }
+
+    #[tokio::test]
+    async fn without_a_credential_the_note_says_what_to_do() {
+        let node: Node =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "n3"}})).expect("node");
+        let outcome = clean_up(None, &node).await;
+        assert_eq!(outcome.label(), "left_behind");
+        let note = outcome.note("n3", &[]);
+        assert!(note.contains("headscale nodes delete"), "{note}");
+    }
+}
