@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use nix::sys::signal::{SigSet, Signal};
@@ -307,17 +307,31 @@ fn run(args: &Args) -> Result<String, String> {
 }
 
 /// iperf3 rounds of `path` and `reference`, alternating so that a burst of
-/// load from elsewhere hits both; the median of each, in Mbit/s.
+/// load from elsewhere hits both; Mbit/s of each round. With `via`
+/// (namespace, device), every `path` run must have crossed that device:
+/// the figure is worthless if the pods found another way.
 fn iperf_pair(
     rounds: usize,
     seconds: u32,
     path: (&str, IpAddr),
     reference: (&str, IpAddr),
+    via: Option<(&str, &str)>,
 ) -> Result<(Vec<f64>, Vec<f64>), String> {
     let (mut a, mut b) = (Vec::new(), Vec::new());
     for _ in 0..rounds.max(1) {
-        a.push(bench::iperf_mbps(path.0, path.1, 5201, seconds)?);
-        b.push(bench::iperf_mbps(reference.0, reference.1, 5201, seconds)?);
+        let before = via.map(|(ns, dev)| bench::tx_bytes(ns, dev)).transpose()?;
+        let run = bench::iperf(path.0, path.1, 5201, seconds)?;
+        if let (Some((ns, dev)), Some(before)) = (via, before) {
+            let crossed = bench::tx_bytes(ns, dev)?.saturating_sub(before);
+            if crossed < run.bytes_sent {
+                return Err(format!(
+                    "{} -> {} sent {} bytes but {dev} in {ns} carried only {crossed}: the pods did not go over the tailnet",
+                    path.0, path.1, run.bytes_sent
+                ));
+            }
+        }
+        a.push(run.mbps);
+        b.push(bench::iperf(reference.0, reference.1, 5201, seconds)?.mbps);
     }
     Ok((a, b))
 }
@@ -382,6 +396,7 @@ fn throughput(
             args.iperf_seconds,
             (&n1_a.netns, n2_a.ip),
             (&n1.namespace, n2_tailnet),
+            Some((&n1.namespace, "tailscale0")),
         )?
     };
     let mtu = bench::eth0_mtu(&n1_a.netns)?;
@@ -402,6 +417,7 @@ fn throughput(
             args.iperf_seconds,
             (&n1_a.netns, n1_b.ip),
             (&veth.client, veth.server_ip),
+            None,
         )?
     };
     Ok(vec![
@@ -453,13 +469,21 @@ fn convergence(
     )?;
     let mut runs = Vec::new();
     let mut withdrawn = Vec::new();
+    let (mut advertised_at, mut approved_at) = (Vec::new(), Vec::new());
     for run in 1..=args.convergence_runs {
         let program = agent.stop()?;
         let cut = Instant::now();
-        bench::withdraw_pod_route(info, headscale, n3)?;
+        bench::withdraw_advertisement(info, n3)?;
         bench::until_no_pair_answers(&pairs, Duration::from_millis(500), Duration::from_secs(30))?;
         withdrawn.push(cut.elapsed().as_secs_f64());
+        // After the peers dropped the route, so Headscale has settled the
+        // node's own update and the cleared approval stays cleared.
+        let attempts = bench::clear_approval(info, headscale, n3)?;
+        let log_from = std::fs::metadata(&agent.log).map_or(0, |m| m.len());
         let start = Instant::now();
+        let start_wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         agent.start(&program)?;
         let took = bench::until_every_pair_answers(
             &pairs,
@@ -468,11 +492,29 @@ fn convergence(
             Duration::from_millis(150),
             Duration::from_secs(90),
         )?;
+        // Where the time went, from the agent's own log lines of this start.
+        let log = std::fs::read(&agent.log)
+            .map(|b| {
+                String::from_utf8_lossy(b.get(log_from as usize..).unwrap_or_default()).into_owned()
+            })
+            .unwrap_or_default();
+        let mark = |message: &str| bench::log_mark(&log, start_wall, message);
+        let (advertised, approved) = (mark("advertised pod route"), mark("approved pod route"));
+        if let Some(a) = advertised {
+            advertised_at.push(a);
+        }
+        if let Some(a) = approved {
+            approved_at.push(a);
+        }
+        let show = |m: Option<f64>| m.map_or("?".to_owned(), |s| format!("{s:.2} s"));
         step(&format!(
-            "convergence {run}/{}: {:.2} s ({} pairs; unreachable {:.2} s after the withdrawal)",
+            "convergence {run}/{}: {:.2} s for {} pairs (agent log: advertised at {}, approved at {}; \
+             the pods were unreachable {:.2} s after the withdrawal; approval cleared in {attempts} attempt(s))",
             args.convergence_runs,
             took.as_secs_f64(),
             pairs.len(),
+            show(advertised),
+            show(approved),
             withdrawn.last().copied().unwrap_or(0.0)
         ));
         runs.push(took.as_secs_f64());
@@ -488,11 +530,15 @@ fn convergence(
         ),
         value: format!("{median:.2} s"),
         reference: format!(
-            "runs: {} s",
+            "runs: {} s; agent log medians: advertised {}, API-approved {} ({} of {} runs)",
             runs.iter()
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            bench::median(&advertised_at).map_or("?".into(), |s| format!("{s:.2} s")),
+            bench::median(&approved_at).map_or("?".into(), |s| format!("{s:.2} s")),
+            approved_at.len(),
+            runs.len(),
         ),
         ratio: "-".into(),
         target: "-".into(),

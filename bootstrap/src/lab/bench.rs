@@ -268,10 +268,19 @@ impl Drop for IperfServer {
     }
 }
 
+/// One `iperf3 -c` run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IperfRun {
+    /// What the receiver got, in Mbit/s.
+    pub mbps: f64,
+    /// Bytes the sender sent (for checking which link carried them).
+    pub bytes_sent: u64,
+}
+
 /// `iperf3 -c <dst>` from inside `netns` for `seconds` (plus one omitted
-/// second, so TCP slow start is not averaged in); the receiver's rate in
-/// Mbit/s. Retried for up to 5 s while the server is not listening yet.
-pub fn iperf_mbps(netns: &str, dst: IpAddr, port: u16, seconds: u32) -> Result<f64, String> {
+/// second, so TCP slow start is not averaged in). Retried for up to 5 s
+/// while the server is not listening yet.
+pub fn iperf(netns: &str, dst: IpAddr, port: u16, seconds: u32) -> Result<IperfRun, String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let out = Command::new("ip")
@@ -285,8 +294,8 @@ pub fn iperf_mbps(netns: &str, dst: IpAddr, port: u16, seconds: u32) -> Result<f
             .output()
             .map_err(|e| format!("run iperf3 -c in {netns}: {e} (is iperf3 installed?)"))?;
         let stdout = String::from_utf8_lossy(&out.stdout);
-        match iperf_receiver_bps(&stdout) {
-            Ok(bps) => return Ok(bps / 1e6),
+        match parse_iperf(&stdout) {
+            Ok(run) => return Ok(run),
             Err(e) if e.contains("refused") && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(100));
             }
@@ -300,17 +309,61 @@ pub fn iperf_mbps(netns: &str, dst: IpAddr, port: u16, seconds: u32) -> Result<f
     }
 }
 
-/// The receiver's throughput in bit/s from `iperf3 -J` output, or the
+/// The receiver's rate and the bytes sent, from `iperf3 -J` output, or the
 /// error iperf3 reported in it.
-pub fn iperf_receiver_bps(json: &str) -> Result<f64, String> {
+pub fn parse_iperf(json: &str) -> Result<IperfRun, String> {
     let value: Value =
         serde_json::from_str(json).map_err(|e| format!("iperf3 printed no JSON ({e})"))?;
     if let Some(error) = value["error"].as_str() {
         return Err(error.to_owned());
     }
-    value["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .ok_or_else(|| "no end.sum_received.bits_per_second in iperf3's JSON".to_owned())
+    let end = &value["end"];
+    match (
+        end["sum_received"]["bits_per_second"].as_f64(),
+        end["sum_sent"]["bytes"].as_u64(),
+    ) {
+        (Some(bps), Some(bytes_sent)) => Ok(IperfRun {
+            mbps: bps / 1e6,
+            bytes_sent,
+        }),
+        _ => {
+            Err("no end.sum_received.bits_per_second or end.sum_sent.bytes in iperf3's JSON".into())
+        }
+    }
+}
+
+/// Bytes sent so far on `dev` in namespace `netns`.
+pub fn tx_bytes(netns: &str, dev: &str) -> Result<u64, String> {
+    let json = HostCommand::ip_in(netns, &["-j", "-s", "link", "show", dev])
+        .run()
+        .map_err(|e| e.to_string())?;
+    let value: Value = serde_json::from_str(&json).map_err(|e| format!("ip -j -s link: {e}"))?;
+    value[0]["stats64"]["tx"]["bytes"]
+        .as_u64()
+        .ok_or_else(|| format!("no tx bytes for {dev} in {netns}: {json:.200}"))
+}
+
+/// Seconds from `start` (seconds since the epoch) to the first line of
+/// `log` containing `message`, by the line's RFC 3339 UTC timestamp (the
+/// agent's text log format). Only the time of day is read, so a run across
+/// midnight still comes out right.
+pub fn log_mark(log: &str, start: f64, message: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let stamp = line.split_whitespace().next()?;
+    let (_, time) = stamp.split_once('T')?;
+    let time = time.trim_end_matches('Z');
+    let mut parts = time.splitn(3, ':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    let of_day = h * 3600.0 + m * 60.0 + s;
+    let delta = (of_day - start.rem_euclid(86_400.0)).rem_euclid(86_400.0);
+    // A mark just before the start (clock granularity) is not a day late.
+    Some(if delta > 43_200.0 {
+        delta - 86_400.0
+    } else {
+        delta
+    })
 }
 
 /// Two throwaway namespaces joined by a bare veth pair: the same-node
@@ -495,11 +548,9 @@ impl NodeAgent {
     }
 }
 
-/// Withdraws `node`'s pod route the way an operator would, leaving the
-/// agent nothing to find: no advertised route in tailscaled's prefs
-/// (`tailscale set --advertise-routes=`), and no approval in Headscale
-/// (`headscale nodes approve-routes -r ""`).
-pub fn withdraw_pod_route(info: &LabInfo, headscale: &Path, node: &LabNode) -> Result<(), String> {
+/// Withdraws `node`'s advertised routes the way an operator would:
+/// `tailscale set --advertise-routes=` in the node's namespace.
+pub fn withdraw_advertisement(info: &LabInfo, node: &LabNode) -> Result<(), String> {
     HostCommand::exec_in(
         &node.namespace,
         &info.tailscale.display().to_string(),
@@ -510,29 +561,75 @@ pub fn withdraw_pod_route(info: &LabInfo, headscale: &Path, node: &LabNode) -> R
         ],
     )
     .run()
-    .map_err(|e| e.to_string())?;
-    let config = info.headscale_config.display().to_string();
-    let headscale = headscale.display().to_string();
-    let json = HostCommand::new(&headscale, &["-c", &config, "nodes", "list", "-o", "json"])
-        .run()
-        .map_err(|e| e.to_string())?;
-    let id = headscale_node_id(&json, &node.name)?;
-    HostCommand::new(
-        &headscale,
-        &[
-            "-c",
-            &config,
-            "nodes",
-            "approve-routes",
-            "-i",
-            &id.to_string(),
-            "-r",
-            "",
-        ],
-    )
-    .run()
     .map(drop)
     .map_err(|e| e.to_string())
+}
+
+/// Removes every approval of `node`'s routes in Headscale
+/// (`headscale nodes approve-routes -r ""`) and reads it back until the
+/// node has none. Checked, because a change made while Headscale is still
+/// processing the node's own route update was seen to be lost: the route
+/// came back approved and the agent had nothing to do. Returns how many
+/// attempts it took.
+pub fn clear_approval(info: &LabInfo, headscale: &Path, node: &LabNode) -> Result<u32, String> {
+    let config = info.headscale_config.display().to_string();
+    let headscale = headscale.display().to_string();
+    let list = || {
+        HostCommand::new(&headscale, &["-c", &config, "nodes", "list", "-o", "json"])
+            .run()
+            .map_err(|e| e.to_string())
+    };
+    let id = headscale_node_id(&list()?, &node.name)?.to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        HostCommand::new(
+            &headscale,
+            &[
+                "-c",
+                &config,
+                "nodes",
+                "approve-routes",
+                "-i",
+                &id,
+                "-r",
+                "",
+            ],
+        )
+        .run()
+        .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_millis(300));
+        let approved = approved_routes(&list()?, &node.name)?;
+        if approved.is_empty() {
+            return Ok(attempts);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "Headscale still approves {approved:?} for {} after 10 s of clearing",
+                node.name
+            ));
+        }
+    }
+}
+
+/// The approved routes of the node named `name` in `headscale nodes list
+/// -o json` (`null` when there are none).
+pub fn approved_routes(json: &str, name: &str) -> Result<Vec<String>, String> {
+    let list: Value =
+        serde_json::from_str(json).map_err(|e| format!("headscale nodes list: {e}"))?;
+    let node = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["given_name"] == name || n["name"] == name)
+        .ok_or_else(|| format!("Headscale lists no node {name}"))?;
+    Ok(node["approved_routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect())
 }
 
 /// The id of the node named `name` in `headscale nodes list -o json`.
@@ -742,16 +839,35 @@ mod tests {
 
     #[test]
     fn the_receiver_rate_is_read_from_iperf3_json() {
-        let json = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":2.0e9},
+        let json = r#"{"start":{},"end":{"sum_sent":{"bits_per_second":2.0e9,"bytes":1000},
                       "sum_received":{"bits_per_second":1.5e9}}}"#;
-        assert_eq!(iperf_receiver_bps(json), Ok(1.5e9));
+        assert_eq!(
+            parse_iperf(json),
+            Ok(IperfRun {
+                mbps: 1500.0,
+                bytes_sent: 1000
+            })
+        );
         let refused =
             r#"{"start":{},"end":{},"error":"unable to connect to server: Connection refused"}"#;
         assert_eq!(
-            iperf_receiver_bps(refused),
+            parse_iperf(refused),
             Err("unable to connect to server: Connection refused".into())
         );
-        assert!(iperf_receiver_bps("").is_err());
+        assert!(parse_iperf("").is_err());
+    }
+
+    #[test]
+    fn log_marks_are_seconds_after_the_start() {
+        let log = "2025-11-21T17:20:00.500000Z  INFO tailroute_agent: starting\n\
+                   2025-11-21T17:20:02.250000Z  INFO reconcile: advertised pod route\n";
+        // 17:20:00 UTC on some day, as seconds since the epoch.
+        let start = 20_000.0 * 86_400.0 + 17.0 * 3600.0 + 20.0 * 60.0;
+        let mark = log_mark(log, start, "advertised pod route").expect("a mark");
+        assert!((mark - 2.25).abs() < 1e-6, "{mark}");
+        assert_eq!(log_mark(log, start, "approved"), None);
+        let just_before = log_mark(log, start + 0.6, "starting").expect("a mark");
+        assert!((just_before + 0.1).abs() < 1e-6, "{just_before}");
     }
 
     #[test]
@@ -778,6 +894,12 @@ mod tests {
         assert_eq!(headscale_node_id(json, "n1"), Ok(1));
         assert_eq!(headscale_node_id(json, "n3"), Ok(3));
         assert!(headscale_node_id(json, "n2").is_err());
+        let json = r#"[{"id":1,"name":"n1","approved_routes":["10.244.0.0/24"]},{"id":3,"name":"n3","approved_routes":null}]"#;
+        assert_eq!(
+            approved_routes(json, "n1"),
+            Ok(vec!["10.244.0.0/24".to_owned()])
+        );
+        assert_eq!(approved_routes(json, "n3"), Ok(vec![]));
     }
 
     #[test]
