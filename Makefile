@@ -2,7 +2,8 @@
 #   make lab    the one-machine lab: real tailscaled, Headscale, Kubernetes (needs root)
 #   make test   every test tier (installs and builds what it needs; needs root)
 #   make demo   two pods on a tailroute-bridge network in throwaway namespaces
-#   make bench  tailroute-bridge vs the reference bridge + host-local, side by side
+#   make bench  tailroute-bridge vs the reference bridge + host-local, side by side;
+#               then the node agent's figures on a lab of its own (needs root)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -59,6 +60,8 @@ lint:
 bench: build
 	@scripts/install-test-deps.sh >/dev/null
 	target/release/cni-bench --plugin $(PLUGIN) -n $(BENCH_N) --concurrency $(BENCH_CONCURRENCY)
+	scripts/build-peers.sh >/dev/null
+	target/release/lab-bench --out target/tmp/agent-bench.txt
 
 clean:
 	$(CARGO) clean

@@ -4,7 +4,8 @@
 # Debian's reference CNI plugins (the baseline the benchmark and the cnitool
 # test compare against), GNU time (the benchmark's peak-RSS launcher),
 # nftables (the lab's NAT routers), openssl (the lab's certificates),
-# jq (the lab demo), and cnitool built from the Go module
+# jq (the lab demo), iperf3 (the agent benchmark's throughput figures),
+# and cnitool built from the Go module
 # proxy into a versioned cache. Safe to run again: a warm run takes a second.
 #
 # Prints nothing on success but the cnitool path on the last line.
@@ -21,7 +22,7 @@ die() { echo "install-test-deps: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root: the namespace tests create network namespaces, bridges and veths (run: sudo make test)"
 
 missing=()
-for pkg in iproute2 iputils-ping containernetworking-plugins time nftables openssl jq; do
+for pkg in iproute2 iputils-ping containernetworking-plugins time nftables openssl jq iperf3; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

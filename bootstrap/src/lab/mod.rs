@@ -22,6 +22,7 @@
 
 pub mod agent;
 pub mod api_proxy;
+pub mod bench;
 pub mod cluster;
 pub mod command;
 pub mod daemon;
