@@ -2,7 +2,7 @@
 #   make lab    the one-machine lab: real tailscaled, Headscale, Kubernetes (needs root)
 #   make test   every test tier (installs and builds what it needs; needs root)
 #   make demo   two pods on a tailroute-bridge network in throwaway namespaces
-#   make bench  tailroute-bridge vs the reference bridge + host-local, side by side;
+#   make bench  tailroute-bridge vs the reference bridge + host-local, then the agent in the lab (lab-bench);
 #               then the node agent's figures on a lab of its own (needs root)
 
 SHELL := /bin/bash

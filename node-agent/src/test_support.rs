@@ -55,7 +55,7 @@ impl ApiCall {
     /// an object becomes the apiserver's `Status` for that code.
     pub(crate) fn status(mut self, code: u16) -> ApiCall {
         self.status = code;
-        if !self.reply.as_object().is_some_and(|o| !o.is_empty()) {
+        if self.reply.as_object().is_none_or(|o| o.is_empty()) {
             self.reply = serde_json::json!({
                 "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": "scripted", "reason": "NotFound", "code": code,
