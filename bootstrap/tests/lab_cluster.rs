@@ -1379,18 +1379,26 @@ fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
         "deleted Node n3: its tailnet device was gone after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let events = lab.kubectl(
-        &[
-            "get",
-            "events",
-            "--field-selector=reason=TailnetDeviceRemoved",
-            "-o",
-            "json",
-        ],
-        None,
-    );
-    assert!(
-        events.contains("Node n3 was deleted: removed its tailnet device"),
-        "{events}"
-    );
+    // The leader publishes its Event right after the deletion went through.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = lab.kubectl(
+            &[
+                "get",
+                "events",
+                "--field-selector=reason=TailnetDeviceRemoved",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        if events.contains("Node n3 was deleted: removed its tailnet device") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no TailnetDeviceRemoved Event: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
