@@ -28,6 +28,14 @@ pub const TAILNET_RANGES: [&str; 2] = [
     tailroute_bridge::config::TAILNET_V6,
 ];
 
+/// [`TAILNET_RANGES`], parsed.
+pub fn tailnet_ranges() -> Vec<IpNet> {
+    TAILNET_RANGES
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect()
+}
+
 /// Where the DaemonSet mounts the configuration file.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/tailroute/agent.toml";
 
@@ -554,7 +562,7 @@ fn check_cidrs(what: &str, cidrs: &[IpNet]) -> Result<(), ConfigError> {
                 cidr.trunc()
             )));
         }
-        for tailnet in TAILNET_RANGES.map(net) {
+        for tailnet in tailnet_ranges() {
             if overlaps(cidr, &tailnet) {
                 return Err(ConfigError::Invalid(format!(
                     "the {what} CIDR {cidr} overlaps the tailnet's address range {tailnet}: \

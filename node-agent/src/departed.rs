@@ -12,12 +12,10 @@
 
 use std::net::IpAddr;
 
-use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
 
-use crate::config::TAILNET_RANGES;
 use crate::control::{ControlPlane, DeviceQuery, ErrorKind};
-use crate::peers::{join, node_addresses, pod_cidrs};
+use crate::peers::{join, pod_cidrs};
 
 /// What became of a deleted Node's device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,18 +73,7 @@ impl Departure {
     }
 }
 
-/// The deleted Node's tailnet addresses (its addresses inside the tailnet
-/// ranges: the kubelet's node-ip is its tailnet IP).
-pub fn tailnet_addresses(node: &Node) -> Vec<IpAddr> {
-    let ranges: Vec<IpNet> = TAILNET_RANGES
-        .iter()
-        .filter_map(|r| r.parse().ok())
-        .collect();
-    node_addresses(node)
-        .into_iter()
-        .filter(|ip| ranges.iter().any(|r| r.contains(ip)))
-        .collect()
-}
+pub use crate::peers::tailnet_addresses;
 
 /// Removes the device of a deleted `node`, or its approval, or explains.
 pub async fn clean_up(control: Option<&ControlPlane>, node: &Node) -> Departure {

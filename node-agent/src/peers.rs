@@ -93,6 +93,16 @@ pub fn node_addresses(node: &Node) -> Vec<IpAddr> {
         .unwrap_or_default()
 }
 
+/// A Node's addresses inside the tailnet's ranges: the kubelet's node-ip
+/// is the node's tailnet IP, so these identify its tailnet device.
+pub fn tailnet_addresses(node: &Node) -> Vec<IpAddr> {
+    let ranges = crate::config::tailnet_ranges();
+    node_addresses(node)
+        .into_iter()
+        .filter(|ip| ranges.iter().any(|r| r.contains(ip)))
+        .collect()
+}
+
 fn node_name(node: &Node) -> &str {
     node.metadata.name.as_deref().unwrap_or("")
 }

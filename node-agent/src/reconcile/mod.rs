@@ -24,7 +24,7 @@ use crate::approval::{
     approved_in_netmap, not_approved_message, witness_value, witnessed_by_others,
     witnessed_on_peers, WITNESS_ANNOTATION,
 };
-use crate::config::{overlaps, AgentConfig, TAILNET_RANGES};
+use crate::config::{overlaps, tailnet_ranges, AgentConfig};
 use crate::conflist::{self, ConflistSpec};
 use crate::datapath::DatapathSpec;
 use crate::localapi::{BackendState, LocalApiClient, Status};
@@ -270,11 +270,7 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
             ));
         }
         for cidr in pod_cidrs {
-            if let Some(range) = TAILNET_RANGES
-                .iter()
-                .filter_map(|r| r.parse::<IpNet>().ok())
-                .find(|r| overlaps(cidr, r))
-            {
+            if let Some(range) = tailnet_ranges().into_iter().find(|r| overlaps(cidr, r)) {
                 return Err(Stop::failed(
                     "config",
                     "PodCIDROverlapsTailnet",
@@ -357,15 +353,10 @@ impl<N: NodeNetwork, A: RouteApprover> Reconciler<N, A> {
     }
 
     async fn apply_datapath(&self, view: &ClusterView, pod_cidrs: &[IpNet]) -> Result<(), Stop> {
-        let tailnet: Vec<IpNet> = TAILNET_RANGES
-            .iter()
-            .filter_map(|r| r.parse().ok())
-            .collect();
         let mut node_ips: Vec<IpAddr> = view
             .nodes
             .iter()
-            .flat_map(peers::node_addresses)
-            .filter(|ip| tailnet.iter().any(|t| t.contains(ip)))
+            .flat_map(peers::tailnet_addresses)
             .collect();
         node_ips.sort();
         node_ips.dedup();
