@@ -214,7 +214,9 @@ struct DepartedNodes {
 impl DepartedNodes {
     /// Renews or takes the Lease; as the leader, handles every Node deleted
     /// since the last call, reporting on `own`. Other agents drop them.
-    async fn run(&mut self, own: &Node) {
+    /// Runs also when this agent's own Node is gone (it may be the one
+    /// deleted, and still hold the Lease): then it only logs.
+    async fn run(&mut self, own: Option<&Node>) {
         let leading = match self.lease.try_lead().await {
             Ok(leading) => leading,
             Err(e) => {
@@ -249,8 +251,10 @@ impl DepartedNodes {
             } else {
                 "TailnetDeviceRemoved"
             };
-            if let Err(e) = self.reporter.event(own, left_behind, reason, note).await {
-                tracing::warn!(error = %e, "cannot publish an Event");
+            if let Some(own) = own {
+                if let Err(e) = self.reporter.event(own, left_behind, reason, note).await {
+                    tracing::warn!(error = %e, "cannot publish an Event");
+                }
             }
         }
     }
@@ -296,10 +300,10 @@ async fn reconcile_loop<N: NodeNetwork, A: tailroute_agent::reconcile::RouteAppr
     }
     loop {
         let all: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        match all
+        let own = all
             .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(&config.node_name))
-        {
+            .find(|n| n.metadata.name.as_deref() == Some(&config.node_name));
+        match own {
             Some(own) => {
                 let view = ClusterView {
                     own: own.clone(),
@@ -307,13 +311,13 @@ async fn reconcile_loop<N: NodeNetwork, A: tailroute_agent::reconcile::RouteAppr
                 };
                 let report = reconciler.reconcile(&view).await;
                 state.record(report);
-                departed.run(own).await;
             }
             None => tracing::warn!(
                 node = %config.node_name,
                 "no Node with this name: is NODE_NAME right, and has the kubelet registered?"
             ),
         }
+        departed.run(own).await;
         // Whichever comes first; a burst of wake-ups (a Node list sync, a
         // flurry of IPN notifications) becomes one pass.
         let _ = tokio::time::timeout(config.resync, wake.notified()).await;
