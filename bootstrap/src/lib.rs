@@ -1,12 +1,16 @@
 //! tailroute: Kubernetes pod networking over a tailnet.
 //!
-//! This crate will hold the `tailroute` command-line tool. For now it holds
-//! the one-machine lab's network topology ([`lab`]): an underlay, a
-//! control-plane namespace and node namespaces, optionally each node behind
-//! its own NAT router.
+//! The `tailroute` command-line tool: bringing real machines into a
+//! cluster ([`host`]: `init`, `join`, `reset`), the operator's view of it
+//! ([`status`]), the install manifest ([`manifest`]), and the one-machine
+//! lab ([`lab`]). [`tailnet`] is the one way a machine, real or lab, joins
+//! the tailnet.
 
 // Every public item is documented; keep it that way.
 #![warn(missing_docs)]
 
+pub mod host;
 pub mod lab;
+pub mod manifest;
+pub mod status;
 pub mod tailnet;

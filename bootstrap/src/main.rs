@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+mod cluster_commands;
+use cluster_commands::{InitArgs, JoinArgs, ResetArgs, StatusArgs};
 use tailroute::lab::agent::{AgentSetup, Approval};
 use tailroute::lab::api_proxy::ApiProxyArgs;
 use tailroute::lab::cluster::{self, LabInfo, LabSpec};
@@ -26,6 +29,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Make this machine the cluster's first control plane: join the
+    /// tailnet, kubeadm init with tailnet addresses, install the agent,
+    /// print the join command.
+    Init(Box<InitArgs>),
+    /// Join this machine to the cluster over the tailnet.
+    Join(Box<JoinArgs>),
+    /// Take this machine out of the cluster and remove what tailroute put
+    /// on it (only tailroute's routes are withdrawn).
+    Reset(ResetArgs),
+    /// Every node's pod route, approval, reachability and MTU, and every
+    /// problem with its fix. Exits 1 when there are problems.
+    Status(StatusArgs),
     /// The one-machine lab: a whole cluster's networking in network namespaces.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -153,6 +168,10 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Lab(command) => lab(command),
+        Command::Init(args) => cluster_commands::init(*args),
+        Command::Join(args) => cluster_commands::join(*args),
+        Command::Reset(args) => cluster_commands::reset(args),
+        Command::Status(args) => cluster_commands::status(args),
     };
     match result {
         Ok(code) => code,

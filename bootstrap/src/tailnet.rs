@@ -1,9 +1,10 @@
 //! Bringing a machine onto the tailnet and reading its tailnet state,
 //! through the real `tailscale` CLI talking to the machine's tailscaled.
 //!
-//! This is the one code path for "this node joins the tailnet": the lab
-//! uses it for every lab node (inside the node's namespace), and
-//! `tailroute join` will use it on a real machine.
+//! [`TailscaleCli::ensure_joined`] is the one code path for "this node
+//! joins the tailnet": `tailroute init` and `tailroute join` use it on a
+//! real machine, and the lab uses it for every lab node (inside the node's
+//! namespace).
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -82,6 +83,12 @@ pub enum TailnetError {
     /// Its JSON did not parse.
     #[error("could not read `tailscale status --json` output: {0}")]
     Status(String),
+    /// `tailscale up` returned but tailscaled never reached `Running`.
+    #[error(
+        "tailscaled is {0}, not Running, after `tailscale up`; see `tailscale status` and \
+         tailscaled's log (journalctl -u tailscaled)"
+    )]
+    NotRunning(String),
 }
 
 impl TailscaleCli {
@@ -106,6 +113,61 @@ impl TailscaleCli {
         let json = self.command(&["status".into(), "--json".into()]).run()?;
         serde_json::from_str(&json).map_err(|e| TailnetError::Status(e.to_string()))
     }
+
+    /// Brings this machine onto the tailnet unless it already is there:
+    /// a device that is `Running` with addresses is left exactly as it is
+    /// (a second `tailroute join` changes nothing); otherwise `tailscale
+    /// up` runs and this waits until tailscaled reports `Running` with
+    /// addresses.
+    pub fn ensure_joined(&self, options: &JoinOptions) -> Result<Joined, TailnetError> {
+        if let Ok(status) = self.status() {
+            if let Some(identity) = status.running_identity() {
+                return Ok(Joined::Already(identity));
+            }
+        }
+        self.up(options)?;
+        let deadline = std::time::Instant::now() + options.timeout;
+        loop {
+            let status = self.status()?;
+            if let Some(identity) = status.running_identity() {
+                return Ok(Joined::Now(identity));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(TailnetError::NotRunning(status.backend_state));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The outcome of [`TailscaleCli::ensure_joined`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Joined {
+    /// The machine was already on the tailnet; nothing was changed.
+    Already(TailnetIdentity),
+    /// `tailscale up` brought it on.
+    Now(TailnetIdentity),
+}
+
+impl Joined {
+    /// The machine's tailnet identity either way.
+    pub fn identity(&self) -> &TailnetIdentity {
+        match self {
+            Joined::Already(identity) | Joined::Now(identity) => identity,
+        }
+    }
+}
+
+/// Who this machine is on the tailnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TailnetIdentity {
+    /// Its device name (also the Kubernetes node name).
+    pub hostname: String,
+    /// Its tailnet addresses, IPv4 first.
+    pub ips: Vec<IpAddr>,
+    /// Its MagicDNS name, without the trailing dot, when the tailnet has
+    /// one.
+    pub dns_name: Option<String>,
 }
 
 /// The parts of `tailscale status --json` tailroute reads.
@@ -141,6 +203,9 @@ pub struct PeerStatus {
     /// The DERP region relaying, if any.
     #[serde(default)]
     pub relay: String,
+    /// Its MagicDNS name (`n1.tail1234.ts.net.`), empty without MagicDNS.
+    #[serde(rename = "DNSName", default)]
+    pub dns_name: String,
 }
 
 impl TailnetStatus {
@@ -153,6 +218,21 @@ impl TailnetStatus {
             .unwrap_or_default();
         ips.sort_by_key(|ip| ip.is_ipv6());
         ips
+    }
+
+    /// This device's identity when it is `Running` with addresses.
+    pub fn running_identity(&self) -> Option<TailnetIdentity> {
+        let me = self.self_.as_ref()?;
+        let ips = self.self_ips();
+        if self.backend_state != "Running" || ips.is_empty() {
+            return None;
+        }
+        let dns_name = me.dns_name.trim_end_matches('.');
+        Some(TailnetIdentity {
+            hostname: me.host_name.clone(),
+            ips,
+            dns_name: (!dns_name.is_empty()).then(|| dns_name.to_owned()),
+        })
     }
 
     /// The peers, sorted by name.

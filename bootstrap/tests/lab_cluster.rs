@@ -891,6 +891,57 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// `tailroute status` inside a lab node (as an operator runs it on a node),
+/// with the node agent's kubeconfig: its exit code and output.
+fn tailroute_status_on(lab: &CliLab, node: &str, json: bool) -> (Option<i32>, String) {
+    let kubeconfig = lab.state_dir.join(format!("nodes/{node}/agent/kubeconfig"));
+    let out = lab
+        .command("exec")
+        .args([node, "--"])
+        .arg(tailroute())
+        .args(["status", "--node", node, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(json.then_some("--json"))
+        .output()
+        .expect("run tailroute status");
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `tailroute status` on n1: every node's route advertised and approved,
+/// every other node reachable from n1, the MTU known, no problems; and the
+/// screen says so.
+fn tailroute_status_on_a_node_shows_every_node_up(lab: &CliLab) {
+    let (code, report) = tailroute_status_on(lab, "n1", true);
+    assert_eq!(code, Some(0), "{report}");
+    let report: Value = serde_json::from_str(&report).expect("status JSON");
+    let nodes = report["nodes"].as_array().expect("nodes");
+    assert_eq!(nodes.len(), 3, "{report:#}");
+    for node in nodes {
+        assert_eq!(node["advertised"], true, "{node:#}");
+        assert_eq!(node["approved"], true, "{node:#}");
+        assert_eq!(node["reason"], "TailrouteIsUp", "{node:#}");
+        assert!(node["mtu"].as_u64().is_some_and(|m| m >= 1280), "{node:#}");
+        if node["name"] != "n1" {
+            assert_eq!(node["reachableFromHere"], true, "{node:#}");
+        }
+    }
+    assert_eq!(report["problems"], serde_json::json!([]), "{report:#}");
+    let (code, screen) = tailroute_status_on(lab, "n1", false);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("n1 (here)") && screen.contains("no problems found"),
+        "{screen}"
+    );
+    println!("tailroute status on n1:\n{screen}");
+}
+
 /// The pods' interface MTU is tailscale0's, and data of every size crosses
 /// between nodes: a 16 MiB stream and 200 echoed 1400-byte messages.
 fn no_mtu_black_hole(lab: &CliLab, pods: &[LabPod]) {
@@ -1055,6 +1106,7 @@ fn agents_connect_every_pod_to_every_other_without_snat_on_a_flat_lab() {
     let pods = pods_on_every_node(&lab, 2);
     let pairs = pod_matrix(&pods, Duration::from_secs(20));
     assert_eq!(pairs, 30);
+    tailroute_status_on_a_node_shows_every_node_up(&lab);
     no_mtu_black_hole(&lab, &pods);
     a_hand_made_route_survives_the_agent(&lab);
     a_laptop_and_the_pods_reach_each_other(&lab, &pods);
@@ -1127,6 +1179,26 @@ fn without_approval_every_agent_says_what_to_do() {
         assert!(Instant::now() < deadline, "conditions: {reasons:?}");
         std::thread::sleep(Duration::from_millis(300));
     }
+    let (code, report) = tailroute_status_on(&lab, "n1", true);
+    assert_eq!(code, Some(1), "status exits 1 with problems: {report}");
+    let report: Value = serde_json::from_str(&report).expect("status JSON");
+    let problems = report["problems"].as_array().expect("problems");
+    for node in ["n1", "n2"] {
+        assert!(
+            problems.iter().any(|p| p
+                .as_str()
+                .is_some_and(|p| p.starts_with(&format!("{node}: RouteNotApproved: ")))),
+            "{report:#}"
+        );
+    }
+    assert!(
+        report["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .all(|n| n["approved"] == false && n["advertised"] == true),
+        "{report:#}"
+    );
     let events = lab.kubectl(
         &[
             "get",

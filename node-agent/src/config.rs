@@ -342,14 +342,20 @@ impl AgentConfig {
             )));
         }
 
-        let cluster_pod_cidrs = nonempty_or(args.cluster_pod_cidrs.clone(), file.cluster.pod_cidrs)
-            .ok_or_else(|| {
-                invalid(
-                    "no cluster pod CIDR: set cluster.pod_cidrs in the file or pass \
-                     --cluster-pod-cidr (kubeadm's --pod-network-cidr, e.g. 10.244.0.0/16)"
-                        .to_owned(),
-                )
-            })?;
+        let cluster_pod_cidrs =
+            match nonempty_or(args.cluster_pod_cidrs.clone(), file.cluster.pod_cidrs) {
+                Some(cidrs) => cidrs,
+                // Cleanup works from the route ledger (`tailroute reset` on a
+                // host without the DaemonSet's ConfigMap): no CIDRs needed.
+                None if args.cleanup => Vec::new(),
+                None => {
+                    return Err(invalid(
+                        "no cluster pod CIDR: set cluster.pod_cidrs in the file or pass \
+                         --cluster-pod-cidr (kubeadm's --pod-network-cidr, e.g. 10.244.0.0/16)"
+                            .to_owned(),
+                    ))
+                }
+            };
         let service_cidrs = nonempty_or(args.service_cidrs.clone(), file.cluster.service_cidrs)
             .unwrap_or_else(|| vec![net("10.96.0.0/12")]);
         check_cidrs("pod", &cluster_pod_cidrs)?;

@@ -10,6 +10,7 @@
 
 pub mod advertiser;
 pub mod approval;
+pub mod cleanup;
 pub mod config;
 pub mod conflist;
 pub mod control;

@@ -23,7 +23,6 @@ use tokio::sync::Notify;
 use tailroute_agent::advertiser::RouteAdvertiser;
 use tailroute_agent::approval::control_plane;
 use tailroute_agent::config::{AgentConfig, Args, LogFormat};
-use tailroute_agent::conflist;
 use tailroute_agent::control::ControlPlane;
 use tailroute_agent::departed;
 use tailroute_agent::endpoints::{self, AgentState};
@@ -57,7 +56,7 @@ fn main() -> ExitCode {
         }
     };
     let result = if config.cleanup {
-        runtime.block_on(cleanup(&config))
+        runtime.block_on(async { tailroute_agent::cleanup::undo(&config).await.map(drop) })
     } else {
         runtime.block_on(run(config))
     };
@@ -333,38 +332,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// `--cleanup`: withdraw the agent's routes, remove the conflist and the
-/// nftables table. Routes others advertised and tailscaled's other prefs
-/// stay as they are.
-async fn cleanup(config: &AgentConfig) -> Result<(), String> {
-    let mut problems = Vec::new();
-    let localapi = LocalApiClient::new(&config.localapi_socket);
-    match RouteLedger::open(&config.state_dir) {
-        Ok(ledger) => match RouteAdvertiser::new(localapi, ledger).withdraw_all().await {
-            Ok(routes) => tracing::info!(?routes, "withdrew the agent's routes"),
-            Err(e) => problems.push(format!("withdrawing routes: {e}")),
-        },
-        Err(e) => problems.push(e.to_string()),
-    }
-    match conflist::remove(&config.conflist_path()) {
-        Ok(_) => tracing::info!(path = %config.conflist_path().display(), "removed the CNI config"),
-        Err(e) => problems.push(format!(
-            "removing {}: {e}",
-            config.conflist_path().display()
-        )),
-    }
-    if config.manage_datapath {
-        match KernelNetwork::new(&config.tailnet_interface).remove().await {
-            Ok(()) => tracing::info!("removed nftables table inet tailroute"),
-            Err(e) => problems.push(format!("removing the nftables table: {e}")),
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("cleanup incomplete: {}", problems.join("; ")))
     }
 }

@@ -12,12 +12,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::localapi::{PeerStatus, Status};
 
 /// Where one peer stands, worst first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "state")]
 pub enum PeerState {
     /// No tailnet device matches the Node (by address, route or hostname).
@@ -41,7 +41,7 @@ pub enum PeerState {
 }
 
 /// One other cluster node as seen from here.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerReport {
     /// The Node's name.

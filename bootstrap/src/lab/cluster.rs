@@ -512,30 +512,22 @@ fn join_tailnet(
         socket: socket.clone(),
         namespace: Some(ns.to_owned()),
     };
-    cli.up(&JoinOptions {
-        login_server: Some(login_server.to_owned()),
-        auth_key_file: key_file.to_owned(),
-        hostname: name.to_owned(),
-        advertise_tags: vec![],
-        timeout: Duration::from_secs(60),
-    })
-    .map_err(|e| fail("tailscale up", &e))?;
-    let tailnet_ips = wait_ready(
-        &format!("{name} on the tailnet"),
-        Some(pid),
-        &ts_log,
-        Duration::from_secs(30),
-        || {
-            let status = cli.status().map_err(|e| e.to_string())?;
-            let ips = status.self_ips();
-            if status.backend_state == "Running" && !ips.is_empty() {
-                Ok(ips)
-            } else {
-                Err(format!("BackendState {}", status.backend_state))
-            }
-        },
-    )
-    .map_err(|e| fail("join", &e))?;
+    // The same step as `tailroute join` on a real machine.
+    let joined = cli
+        .ensure_joined(&JoinOptions {
+            login_server: Some(login_server.to_owned()),
+            auth_key_file: key_file.to_owned(),
+            hostname: name.to_owned(),
+            advertise_tags: vec![],
+            timeout: Duration::from_secs(60),
+        })
+        .map_err(|e| {
+            fail(
+                "join the tailnet",
+                &format!("{e} (tailscaled's log: {})", ts_log.display()),
+            )
+        })?;
+    let tailnet_ips = joined.identity().ips.clone();
 
     Ok((socket, tailnet_ips))
 }

@@ -46,6 +46,9 @@ pub struct Peers {
     pub kube_scheduler: PathBuf,
     /// `kubectl`.
     pub kubectl: PathBuf,
+    /// `kubeadm` (not run by the lab; the CLI's tests validate the kubeadm
+    /// configuration `tailroute init/join` write with it).
+    pub kubeadm: PathBuf,
     /// `version of each peer, for reports: (name, version)`.
     pub versions: Vec<(&'static str, String)>,
 }
@@ -106,6 +109,7 @@ impl Peers {
             kube_controller_manager: find("kubernetes", k8s, "kube-controller-manager")?,
             kube_scheduler: find("kubernetes", k8s, "kube-scheduler")?,
             kubectl: find("kubernetes", k8s, "kubectl")?,
+            kubeadm: find("kubernetes", k8s, "kubeadm")?,
             versions: vec![
                 ("tailscale", version(ts)),
                 ("headscale", version("HEADSCALE_VERSION")),

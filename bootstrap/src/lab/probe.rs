@@ -35,11 +35,24 @@ pub fn connect_in(
 
 /// A plain-HTTP GET from inside `namespace`: the status code and body.
 pub fn http_get_in(namespace: &str, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let timeout = Duration::from_secs(2);
-    let mut stream =
-        connect_in(namespace, addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let stream =
+        connect_in(namespace, addr, HTTP_TIMEOUT).map_err(|e| format!("connect {addr}: {e}"))?;
+    get_over(stream, addr, path)
+}
+
+/// A plain-HTTP GET from this process's own namespace (`tailroute status`
+/// asking the local agent): the status code and body.
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    get_over(stream, addr, path)
+}
+
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn get_over(mut stream: TcpStream, addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     stream
-        .set_read_timeout(Some(timeout))
+        .set_read_timeout(Some(HTTP_TIMEOUT))
         .map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
     let mut response = String::new();

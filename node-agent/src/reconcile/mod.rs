@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Node;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::advertiser::RouteAdvertiser;
 use crate::approval::{
@@ -81,7 +81,7 @@ pub struct ApprovalFailure {
 
 /// Where the node stands after a pass: served as JSON on `/status` and
 /// read by `tailroute status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeReport {
     /// The node.
