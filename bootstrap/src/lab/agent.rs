@@ -1,7 +1,8 @@
 //! The node agent in the lab: one `tailroute-agent` per node, inside the
 //! node's namespace, exactly as the DaemonSet runs it on a real node (host
 //! network, the node's tailscaled socket, its CNI directories), with the
-//! least-privilege ClusterRole from `deploy/rbac.yaml`.
+//! least-privilege ClusterRole of the install manifest `deploy/tailroute.yaml`
+//! (only that document: the lab runs the agents itself, not the DaemonSet).
 //!
 //! How routes get approved is the lab's choice, so every path can be shown:
 //! through Headscale's API with a key the lab mints ([`Approval::Api`]), by
@@ -13,8 +14,9 @@ use std::path::{Path, PathBuf};
 
 use crate::lab::kubernetes::{write_private, ClusterNetwork, TokenUser};
 
-/// The agent's ClusterRole, shared with the install manifests.
-pub const CLUSTER_ROLE: &str = include_str!("../../../deploy/rbac.yaml");
+/// The agent's ClusterRole: the `kind: ClusterRole` document of the install
+/// manifest, so the lab's agents run with exactly a real cluster's RBAC.
+pub const CLUSTER_ROLE: &str = crate::manifest::CLUSTER_ROLE;
 
 /// The group every lab agent's token belongs to.
 pub const GROUP: &str = "tailroute:agents";
