@@ -11,6 +11,13 @@
 #   etcd        etcd, etcdctl
 #   cnitool     cnitool (in $CACHE/tools/cnitool-<version>/, shared with
 #               scripts/install-test-deps.sh so it is built once)
+#   helm        helm (in $CACHE/tools/helm-<version>/)
+#   kubeconform kubeconform (in $CACHE/tools/kubeconform-<version>/)
+#   k8s-schemas kubeconform's JSON schemas for the Kubernetes peer's API, made
+#               by scripts/k8s-json-schemas.py from the k8s.io/kubernetes
+#               module's OpenAPI document (needs python3), in
+#               $CACHE/tools/k8s-schemas-<kubernetes version>-r<revision>/
+#               v<kubernetes version>-standalone-strict/
 #
 # Versions are pinned in scripts/peers.env. Each entry is built into
 # <dir>.tmp and renamed when complete, so a killed build never leaves a half
@@ -30,7 +37,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 CACHE=${TAILROUTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailroute}
 PEERS_DIR=$CACHE/peers
-ALL_PEERS=(tailscale headscale kubernetes etcd cnitool)
+ALL_PEERS=(tailscale headscale kubernetes etcd cnitool helm kubeconform k8s-schemas)
 
 log() { echo "build-peers: $*" >&2; }
 die() { echo "build-peers: $*" >&2; exit 1; }
@@ -47,13 +54,16 @@ version_of() {
     kubernetes) echo "$KUBERNETES_VERSION" ;;
     etcd) echo "$ETCD_VERSION" ;;
     cnitool) echo "$CNITOOL_VERSION" ;;
+    helm) echo "$HELM_VERSION" ;;
+    kubeconform) echo "$KUBECONFORM_VERSION" ;;
+    k8s-schemas) echo "$KUBERNETES_VERSION-r$K8S_SCHEMAS_REVISION" ;;
     *) return 1 ;;
   esac
 }
 
 dir_of() {
   case $1 in
-    cnitool) echo "$CACHE/tools/cnitool-$CNITOOL_VERSION" ;;
+    cnitool|helm|kubeconform|k8s-schemas) echo "$CACHE/tools/$1-$(version_of "$1")" ;;
     *) echo "$PEERS_DIR/$1-$(version_of "$1")" ;;
   esac
 }
@@ -65,6 +75,15 @@ bins_of() {
     kubernetes) echo "kube-apiserver kube-controller-manager kube-scheduler kubeadm kubectl" ;;
     etcd) echo "etcd etcdctl" ;;
     cnitool) echo "cnitool" ;;
+    helm) echo "helm" ;;
+    kubeconform) echo "kubeconform" ;;
+  esac
+}
+
+# Files (not programs) an entry must have to count as built.
+files_of() {
+  case $1 in
+    k8s-schemas) echo "v${KUBERNETES_VERSION#v}-standalone-strict/daemonset-apps-v1.json" ;;
   esac
 }
 
@@ -73,6 +92,9 @@ is_built() {
   dir=$(dir_of "$1")
   for b in $(bins_of "$1"); do
     [ -x "$dir/$b" ] || return 1
+  done
+  for b in $(files_of "$1"); do
+    [ -s "$dir/$b" ] || return 1
   done
 }
 
@@ -225,6 +247,37 @@ EOF
   mv "$out/server" "$out/etcd"
 }
 
+build_helm() {
+  # Upstream's version stamps (its Makefile's LDFLAGS), so `helm version`
+  # reports the pinned version instead of a bare "v4.3".
+  local v=$HELM_VERSION commit
+  commit=$(commit_of "helm.sh/helm/v4@$v")
+  GOBIN="$1" GOFLAGS="$GOFLAGS_BASE -mod=mod" go install -trimpath -ldflags="-s -w \
+    -X helm.sh/helm/v4/internal/version.version=$v \
+    -X helm.sh/helm/v4/internal/version.metadata= \
+    ${commit:+-X helm.sh/helm/v4/internal/version.gitCommit=$commit} \
+    -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
+    "helm.sh/helm/v4/cmd/helm@$v"
+}
+
+build_kubeconform() {
+  GOBIN="$1" GOFLAGS="$GOFLAGS_BASE -mod=mod" go install -trimpath \
+    -ldflags="-s -w -X main.version=$KUBECONFORM_VERSION" \
+    "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+}
+
+build_k8s_schemas() {
+  # The OpenAPI document of the very Kubernetes the lab builds, from the Go
+  # module cache (downloaded from the proxy if the kubernetes peer has not
+  # been built yet): no schema registry is ever contacted.
+  local v=$KUBERNETES_VERSION dir swagger
+  command -v python3 >/dev/null 2>&1 || die "k8s-schemas needs python3 (Debian: apt-get install python3)"
+  dir=$(mod_field "k8s.io/kubernetes@$v" Dir)
+  swagger=$dir/api/openapi-spec/swagger.json
+  [ -f "$swagger" ] || die "k8s.io/kubernetes@$v has no $swagger"
+  python3 "$here/k8s-json-schemas.py" "$swagger" "$1/v${v#v}-standalone-strict"
+}
+
 # --- driver ---------------------------------------------------------------
 
 build_one() {
@@ -242,10 +295,13 @@ build_one() {
   mkdir -p "$tmp"
   log "building $name $version into $dir"
   start=$(date +%s%N)
-  "build_$name" "$tmp" >&2 || { rm -rf "$tmp"; die "building $name $version failed (see the go output above)"; }
+  "build_${name//-/_}" "$tmp" >&2 || { rm -rf "$tmp"; die "building $name $version failed (see the go output above)"; }
   end=$(date +%s%N)
   for b in $(bins_of "$name"); do
     [ -x "$tmp/$b" ] || { rm -rf "$tmp"; die "building $name $version produced no $b"; }
+  done
+  for b in $(files_of "$name"); do
+    [ -s "$tmp/$b" ] || { rm -rf "$tmp"; die "building $name $version produced no $b"; }
   done
   secs=$(( (end - start) / 1000000000 ))
   if [ "$name" != cnitool ]; then  # keep cnitool's directory as install-test-deps.sh makes it
