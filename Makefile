@@ -4,6 +4,7 @@
 #   make demo   two pods on a tailroute-bridge network in throwaway namespaces
 #   make bench  tailroute-bridge vs the reference bridge + host-local, then the agent in the lab (lab-bench);
 #               then the node agent's figures on a lab of its own (needs root)
+#   make image  the agent image from deploy/Containerfile (podman or docker)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -15,7 +16,7 @@ PLUGIN := target/$(HOST_TRIPLE)/release/tailroute-bridge
 BENCH_N ?= 200
 BENCH_CONCURRENCY ?= 8
 
-.PHONY: all build plugin lab demo test test-unit lint bench clean
+.PHONY: all build plugin lab demo test test-unit lint bench image clean
 
 all: build
 
@@ -62,6 +63,20 @@ bench: build
 	target/release/cni-bench --plugin $(PLUGIN) -n $(BENCH_N) --concurrency $(BENCH_CONCURRENCY)
 	scripts/build-peers.sh >/dev/null
 	target/release/lab-bench --out target/tmp/agent-bench.txt
+
+# The agent image (deploy/Containerfile) with podman, else docker. Nothing is
+# published: push it where your nodes pull from and set the image in the
+# manifest (docs/install-manifest.md).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' node-agent/Cargo.toml | head -n1)
+IMAGE ?= ghcr.io/tailroute/tailroute:$(VERSION)
+image:
+	@if command -v podman >/dev/null 2>&1; then engine=podman; \
+	elif command -v docker >/dev/null 2>&1; then \
+	  docker info >/dev/null 2>&1 || { echo "make image: docker is installed but its daemon does not answer (docker info failed); start it or install podman" >&2; exit 1; }; \
+	  engine=docker; \
+	else echo "make image: neither podman nor docker is installed; install one (Debian: apt-get install podman) to build $(IMAGE) from deploy/Containerfile" >&2; exit 1; fi; \
+	echo "make image: $$engine build -f deploy/Containerfile -t $(IMAGE) ."; \
+	$$engine build -f deploy/Containerfile -t $(IMAGE) .
 
 clean:
 	$(CARGO) clean
