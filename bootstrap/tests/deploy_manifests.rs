@@ -101,7 +101,8 @@ impl Tools {
     /// `helm template` of the chart with `values` (JSON is YAML), as the
     /// static manifest is rendered.
     fn template(&self, values: &serde_json::Value) -> Result<String, String> {
-        let file = scratch("values").join("values.yaml");
+        let dir = scratch("values");
+        let file = dir.join("values.yaml");
         std::fs::write(&file, values.to_string()).expect("write values");
         let out = self.helm(&[
             "template",
@@ -138,7 +139,8 @@ impl Tools {
     }
 
     fn conform_output(&self, what: &str, manifest: &str) -> Output {
-        let file = scratch("conform").join(format!("{}.yaml", what.replace(' ', "-")));
+        let dir = scratch("conform");
+        let file = dir.join(&format!("{}.yaml", what.replace(' ', "-")));
         std::fs::write(&file, manifest).expect("write manifest");
         run(Command::new(&self.kubeconform).args([
             "-strict",
@@ -158,8 +160,23 @@ fn run(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
-/// A fresh directory for one use, under the system's temporary directory.
-fn scratch(name: &str) -> PathBuf {
+/// A fresh directory for one use under the system's temporary directory,
+/// removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -169,7 +186,7 @@ fn scratch(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+    Scratch(dir)
 }
 
 /// The number of YAML documents (resources) in a `helm template`-shaped text.
@@ -267,7 +284,8 @@ fn the_chart_lints_clean_with_default_and_other_values() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (values, _) = headscale_dual_stack();
-    let file = scratch("lint").join("values.yaml");
+    let dir = scratch("lint");
+    let file = dir.join("values.yaml");
     std::fs::write(&file, values.to_string()).expect("write values");
     let out = tools.helm(&[
         "lint",
