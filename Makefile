@@ -42,6 +42,7 @@ demo: plugin
 # need root and fail (never skip) without it.
 test:
 	@cnitool=$$(scripts/install-test-deps.sh); \
+	python_tools=$$(scripts/install-python-tools.sh); export TAILROUTE_PYTHON_TOOLS=$$python_tools; \
 	scripts/build-peers.sh; \
 	$(CARGO) fmt --all -- --check; \
 	$(CARGO) clippy --workspace --all-targets -- -D warnings; \

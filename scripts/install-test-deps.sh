@@ -5,6 +5,8 @@
 # test compare against), GNU time (the benchmark's peak-RSS launcher),
 # nftables (the lab's NAT routers), openssl (the lab's certificates),
 # jq (the lab demo), iperf3 (the agent benchmark's throughput figures),
+# vagrant and python3-venv (bootstrap/tests/provisioning.rs: vagrant validate,
+# the venv of scripts/install-python-tools.sh),
 # and cnitool built from the Go module
 # proxy into a versioned cache. Safe to run again: a warm run takes a second.
 #
@@ -22,7 +24,7 @@ die() { echo "install-test-deps: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root: the namespace tests create network namespaces, bridges and veths (run: sudo make test)"
 
 missing=()
-for pkg in iproute2 iputils-ping containernetworking-plugins time nftables openssl jq iperf3; do
+for pkg in iproute2 iputils-ping containernetworking-plugins time nftables openssl jq iperf3 vagrant python3-venv; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then
