@@ -861,3 +861,54 @@ fn bad_arguments_are_refused_before_anything_is_looked_at() {
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
 }
+
+/// The README's quick start for a real cluster is the sequence these tests
+/// plan: every command in it parses as written (placeholders filled in),
+/// and `init`, `join` and `reset` run in `--dry-run` on this machine
+/// (read-only: they fail at the preflight here, with exit status 1 and not
+/// clap's 2 for an unknown flag or a missing argument).
+#[test]
+fn readme_quick_start_commands_parse() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split("## A real cluster")
+        .nth(1)
+        .expect("the README has a section `## A real cluster`");
+    let block = section
+        .split("```sh")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a sh block in it");
+    let commands: Vec<String> = block
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("sudo tailroute "))
+        .map(|c| {
+            c.replace("<token>", TOKEN)
+                .replace("sha256:<hash>", &ca_hash())
+        })
+        .collect();
+    let verbs: Vec<&str> = commands
+        .iter()
+        .filter_map(|c| c.split_whitespace().next())
+        .collect();
+    assert_eq!(verbs, ["init", "join", "status", "reset"], "{block}");
+    for command in &commands {
+        let mut args: Vec<&str> = command.split_whitespace().collect();
+        if args[0] != "status" {
+            args.push("--dry-run");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_tailroute"))
+            .args(&args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .expect("run tailroute");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(!stderr.contains("Usage:"), "{command}: {stderr}");
+    }
+    // The same flags are the ones the plans above are tested with.
+    assert!(commands[0].contains("--pod-network-cidr 10.244.0.0/16"));
+    assert!(commands[1].contains("--login-server https://headscale.example.com"));
+}

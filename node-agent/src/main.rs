@@ -212,10 +212,10 @@ struct DepartedNodes {
 
 impl DepartedNodes {
     /// Renews or takes the Lease; as the leader, handles every Node deleted
-    /// since the last call, reporting on `own`. Other agents drop them.
-    /// Runs also when this agent's own Node is gone (it may be the one
-    /// deleted, and still hold the Lease): then it only logs.
-    async fn run(&mut self, own: Option<&Node>) {
+    /// since the last call, with an Event on the deleted Node. Other agents
+    /// drop them. Runs also when this agent's own Node is gone (it may be
+    /// the one deleted, and still hold the Lease).
+    async fn run(&mut self) {
         let leading = match self.lease.try_lead().await {
             Ok(leading) => leading,
             Err(e) => {
@@ -250,10 +250,10 @@ impl DepartedNodes {
             } else {
                 "TailnetDeviceRemoved"
             };
-            if let Some(own) = own {
-                if let Err(e) = self.reporter.event(own, left_behind, reason, note).await {
-                    tracing::warn!(error = %e, "cannot publish an Event");
-                }
+            // The Event is about the deleted Node itself, so it is there
+            // even when the leader is that Node's own agent.
+            if let Err(e) = self.reporter.event(&node, left_behind, reason, note).await {
+                tracing::warn!(error = %e, "cannot publish an Event");
             }
         }
     }
@@ -316,7 +316,7 @@ async fn reconcile_loop<N: NodeNetwork, A: tailroute_agent::reconcile::RouteAppr
                 "no Node with this name: is NODE_NAME right, and has the kubelet registered?"
             ),
         }
-        departed.run(own).await;
+        departed.run().await;
         // Whichever comes first; a burst of wake-ups (a Node list sync, a
         // flurry of IPN notifications) becomes one pass.
         let _ = tokio::time::timeout(config.resync, wake.notified()).await;
