@@ -17,6 +17,7 @@ pub mod control;
 pub mod datapath;
 pub mod departed;
 pub mod endpoints;
+pub mod identity;
 pub mod leader;
 pub mod localapi;
 pub mod metrics;

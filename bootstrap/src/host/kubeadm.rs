@@ -75,7 +75,12 @@ impl NodeRegistration<'_> {
             .collect::<Vec<_>>()
             .join(",");
         out.push_str("nodeRegistration:\n");
-        let _ = writeln!(out, "  name: {}", quote(&self.identity.hostname));
+        // Kubernetes node names are lowercase; tailnet device names need not be.
+        let _ = writeln!(
+            out,
+            "  name: {}",
+            quote(&self.identity.hostname.to_lowercase())
+        );
         if let Some(cri) = self.cri_socket {
             let _ = writeln!(out, "  criSocket: {}", quote(cri));
         }
