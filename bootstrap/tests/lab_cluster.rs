@@ -46,6 +46,9 @@ struct CliLab {
     tag: LabTag,
     state_dir: PathBuf,
     downed: bool,
+    /// Whether the host had /var/lib/tailscale before the lab (a lab must
+    /// not create it: every tailscaled keeps its files in the state dir).
+    host_tailscale_dir: bool,
 }
 
 impl CliLab {
@@ -58,6 +61,7 @@ impl CliLab {
             tag,
             state_dir,
             downed: false,
+            host_tailscale_dir: Path::new(HOST_TAILSCALE_DIR).exists(),
         }
     }
 
@@ -199,8 +203,16 @@ impl CliLab {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_nothing_left(&self.tag, &self.state_dir, &before);
+        assert!(
+            self.host_tailscale_dir || !Path::new(HOST_TAILSCALE_DIR).exists(),
+            "the lab created the host's {HOST_TAILSCALE_DIR}: a tailscaled wrote outside its \
+             state directory (TS_LOGS_DIR unset?)"
+        );
     }
 }
+
+/// Where a packaged tailscaled keeps its state, on the host.
+const HOST_TAILSCALE_DIR: &str = "/var/lib/tailscale";
 
 impl Drop for CliLab {
     fn drop(&mut self) {

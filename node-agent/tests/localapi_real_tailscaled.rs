@@ -57,6 +57,9 @@ impl RealTailscaled {
                 "env",
                 "TS_DEBUG_USE_DERP_HTTP=1",
             ])
+            // Otherwise tailscaled writes its log config into the host's
+            // /var/lib/tailscale, even with --no-logs-no-support.
+            .arg(format!("TS_LOGS_DIR={}", dir.display()))
             .arg(&program)
             .arg(format!("--statedir={}", dir.display()))
             .arg(format!("--socket={}", dir.join("ts.sock").display()))

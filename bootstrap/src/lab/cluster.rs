@@ -485,8 +485,13 @@ fn join_tailnet(
             "--no-logs-no-support".into(),
         ],
         // Headscale's embedded DERP speaks plain http in the lab; without
-        // this tailscaled insists on TLS and the relay is unusable.
-        env: vec![("TS_DEBUG_USE_DERP_HTTP".into(), "1".into())],
+        // this tailscaled insists on TLS and the relay is unusable. Without
+        // TS_LOGS_DIR, tailscaled writes its log config into the host's
+        // /var/lib/tailscale even with --no-logs-no-support.
+        env: vec![
+            ("TS_DEBUG_USE_DERP_HTTP".into(), "1".into()),
+            ("TS_LOGS_DIR".into(), ts_dir.display().to_string()),
+        ],
         log: ts_log.clone(),
     }
     .spawn()
