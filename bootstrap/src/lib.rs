@@ -9,7 +9,9 @@
 // Every public item is documented; keep it that way.
 #![warn(missing_docs)]
 
+pub mod command;
 pub mod host;
+pub mod http;
 pub mod lab;
 pub mod manifest;
 pub mod status;

@@ -226,10 +226,9 @@ fn network_condition(node: &Node) -> (String, String) {
 }
 
 async fn read_agent(addr: SocketAddr) -> Result<NodeReport, String> {
-    let (code, body) =
-        tokio::task::spawn_blocking(move || crate::lab::probe::http_get(addr, "/status"))
-            .await
-            .map_err(|e| e.to_string())??;
+    let (code, body) = tokio::task::spawn_blocking(move || crate::http::get(addr, "/status"))
+        .await
+        .map_err(|e| e.to_string())??;
     if code != 200 {
         return Err(format!("/status answered {code}: {}", body.trim()));
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::lab::command::{CommandError, HostCommand};
+use crate::command::{CommandError, HostCommand};
 
 /// How a node joins the tailnet.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::lab::command::HostCommand;
+use crate::command::HostCommand;
 use crate::tailnet::{TailnetStatus, TailscaleCli};
 
 /// Where tailscaled's LocalAPI socket is on a packaged install.

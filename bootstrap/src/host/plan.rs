@@ -8,9 +8,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::command::HostCommand;
 use crate::host::kubeadm::{check_certificate_key, Discovery};
 use crate::host::paths;
-use crate::lab::command::HostCommand;
 
 /// One step.
 #[derive(Debug, Clone, PartialEq, Eq)]

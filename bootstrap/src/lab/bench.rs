@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::command::HostCommand;
 use crate::lab::cluster::{LabInfo, LabNode};
-use crate::lab::command::HostCommand;
 use crate::lab::daemon::{process_alive, DaemonSpec, Entry};
 use crate::lab::kubelet::record::netns_name;
 use crate::lab::probe::connect_in;

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::command::HostCommand;
 use crate::lab::agent::{self, AgentFiles, AgentSetup, Approval};
-use crate::lab::command::HostCommand;
 use crate::lab::daemon::{self, wait_ready, DaemonSpec, Entry};
 use crate::lab::headscale::{self, Headscale};
 use crate::lab::kubernetes::{self, ClusterNetwork, TokenUser};

@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::lab::command::HostCommand;
+use crate::command::HostCommand;
 use crate::lab::daemon::{wait_ready, DaemonError, DaemonSpec, Entry};
 use crate::lab::kubernetes::write_private;
 use crate::lab::probe;

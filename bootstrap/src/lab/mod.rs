@@ -24,7 +24,6 @@ pub mod agent;
 pub mod api_proxy;
 pub mod bench;
 pub mod cluster;
-pub mod command;
 pub mod daemon;
 pub mod headscale;
 pub mod kubelet;
@@ -39,7 +38,7 @@ pub mod process;
 pub mod resource;
 pub mod topology;
 
-pub use command::{CommandError, HostCommand};
+pub use crate::command::{CommandError, HostCommand};
 pub use ledger::{Ledger, LedgerError, Teardown, TeardownError};
 pub use plan::{
     Cidr, Host, Interface, LabTag, LinkEnd, Node, PlanError, Router, TopologyMode, TopologyPlan,

@@ -8,7 +8,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use crate::lab::command::{CommandError, HostCommand};
+use crate::command::{CommandError, HostCommand};
 
 /// The files [`generate`] writes.
 #[derive(Debug, Clone)]

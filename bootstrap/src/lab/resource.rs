@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::lab::command::{CommandError, HostCommand};
+use crate::command::{CommandError, HostCommand};
 use crate::lab::process::{self, ProcessId};
 
 /// Where `ip netns` keeps its named namespaces.

@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use crate::lab::command::{CommandError, HostCommand};
+use crate::command::{CommandError, HostCommand};
 use crate::lab::ledger::{Ledger, LedgerError, Teardown, TeardownError};
 use crate::lab::plan::{Cidr, Interface, Router, TopologyPlan};
 use crate::lab::resource::{namespace_exists, namespaces_with_prefix, Resource};

@@ -1,4 +1,5 @@
-//! Host commands the lab runs: `ip`, `nft`, `sysctl`, `kill`.
+//! Host commands the CLI runs: the lab's `ip`, `nft`, `sysctl`, `kill`,
+//! and `tailroute init/join/reset`'s `kubeadm`, `kubectl` and `tailscale`.
 //!
 //! The lab shells out to iproute2 and nftables instead of speaking netlink
 //! itself. It is a developer tool that runs a few dozen commands once per
@@ -11,7 +12,7 @@ use std::fmt;
 use std::io::Write;
 use std::process::{Command, ExitStatus, Stdio};
 
-/// One command line, with optional standard input, that the lab runs.
+/// One command line, with optional standard input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostCommand {
     argv: Vec<String>,
