@@ -296,8 +296,8 @@ fn host_port(ip: IpAddr) -> String {
 
 /// `endpoint` with `:6443` added when it has no port.
 fn with_port(endpoint: &str) -> String {
-    if endpoint.parse::<IpAddr>().is_ok_and(|ip| ip.is_ipv6()) {
-        return host_port(endpoint.parse().expect("checked"));
+    if let Ok(ip @ IpAddr::V6(_)) = endpoint.parse::<IpAddr>() {
+        return host_port(ip);
     }
     if endpoint.ends_with(']') || !endpoint.contains(':') {
         format!("{endpoint}:{API_PORT}")

@@ -115,22 +115,22 @@ pub fn write_step(
 /// is the same file.
 pub fn plugin_step(machine: &dyn Machine) -> (String, Action) {
     let to = Path::new(paths::CNI_BIN_DIR).join(paths::PLUGIN);
-    match machine.bundled_plugin() {
-        Some(from)
-            if machine.bytes(&from).is_some() && machine.bytes(&from) == machine.bytes(&to) =>
-        {
-            (
-                format!("{}: already installed", to.display()),
-                Action::Nothing,
-            )
-        }
-        Some(from) => (
-            format!("install {} as {}", from.display(), to.display()),
-            Action::Install { from, to },
-        ),
-        None => (
+    let Some(from) = machine.bundled_plugin() else {
+        return (
             format!("{}: already installed", to.display()),
             Action::Nothing,
+        );
+    };
+    // One read of each file; an unreadable bundled plugin is "install" (the
+    // install step then names the read error).
+    match machine.bytes(&from) {
+        Some(bundled) if machine.bytes(&to).as_ref() == Some(&bundled) => (
+            format!("{}: already installed", to.display()),
+            Action::Nothing,
+        ),
+        _ => (
+            format!("install {} as {}", from.display(), to.display()),
+            Action::Install { from, to },
         ),
     }
 }
