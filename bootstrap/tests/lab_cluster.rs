@@ -928,10 +928,23 @@ fn tailroute_status_on(lab: &CliLab, node: &str, json: bool) -> (Option<i32>, St
 
 /// `tailroute status` on n1: every node's route advertised and approved,
 /// every other node reachable from n1, the MTU known, no problems; and the
-/// screen says so.
+/// screen says so. The agents' reports follow their netmaps, which follow
+/// the approvals by up to a few seconds (netmap updates are rate-limited),
+/// so this waits for the first clean report and prints how long it took.
 fn tailroute_status_on_a_node_shows_every_node_up(lab: &CliLab) {
-    let (code, report) = tailroute_status_on(lab, "n1", true);
+    let started = Instant::now();
+    let (code, report) = loop {
+        let (code, report) = tailroute_status_on(lab, "n1", true);
+        if code == Some(0) || started.elapsed() > Duration::from_secs(20) {
+            break (code, report);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     assert_eq!(code, Some(0), "{report}");
+    println!(
+        "tailroute status on n1 clean after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let report: Value = serde_json::from_str(&report).expect("status JSON");
     let nodes = report["nodes"].as_array().expect("nodes");
     assert_eq!(nodes.len(), 3, "{report:#}");

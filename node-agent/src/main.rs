@@ -259,8 +259,10 @@ impl DepartedNodes {
     }
 }
 
-/// Wakes the loop whenever tailscaled's state or prefs change, and on
-/// every reconnect (a restarted tailscaled needs its prefs checked).
+/// Wakes the loop whenever tailscaled's state, prefs or netmap change, and
+/// on every reconnect (a restarted tailscaled needs its prefs checked). The
+/// netmap matters because a peer's route approval reaches this node only
+/// through it: without it the peer report would wait for the resync timer.
 async fn watch_tailscaled(localapi: LocalApiClient, wake: Arc<Notify>) {
     let mask = WatchMask::INITIAL_STATE | WatchMask::INITIAL_PREFS | WatchMask::RATE_LIMIT;
     loop {
@@ -268,7 +270,9 @@ async fn watch_tailscaled(localapi: LocalApiClient, wake: Arc<Notify>) {
             Ok(mut stream) => {
                 while let Some(notify) = stream.next().await {
                     match notify {
-                        Ok(n) if n.state.is_some() || n.prefs.is_some() => wake.notify_one(),
+                        Ok(n) if n.state.is_some() || n.prefs.is_some() || n.netmap => {
+                            wake.notify_one()
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             tracing::debug!(error = %e, "IPN bus");
