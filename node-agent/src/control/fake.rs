@@ -21,6 +21,8 @@ pub(super) enum Expect {
     Nothing,
     /// This JSON document (compared as JSON).
     Json(serde_json::Value),
+    /// A JSON document this check accepts (for bodies holding the time).
+    JsonWhere(fn(&serde_json::Value) -> Result<(), String>),
     /// This form, fields in any order.
     Form(Vec<(&'static str, &'static str)>),
 }
@@ -211,6 +213,16 @@ fn check(expected: &Exchange, seen: &SeenRequest) -> Vec<String> {
                     "{what}: Content-Type is {:?}",
                     seen.header("content-type")
                 ));
+            }
+        }
+        Expect::JsonWhere(accept) => {
+            match serde_json::from_slice::<serde_json::Value>(&seen.body) {
+                Ok(got) => {
+                    if let Err(e) = accept(&got) {
+                        problems.push(format!("{what}: body {got}: {e}"));
+                    }
+                }
+                Err(e) => problems.push(format!("{what}: body is not JSON: {e}")),
             }
         }
         Expect::Form(want) => {

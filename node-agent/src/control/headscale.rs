@@ -19,7 +19,7 @@ use serde_json::json;
 use super::credential::Secret;
 use super::error::{ControlError, ErrorKind};
 use super::http::{describe, segment, Body, Http};
-use super::{Device, RouteState};
+use super::{AuthKey, AuthKeyRequest, Device, RouteState};
 
 /// A Headscale server's API.
 #[derive(Debug)]
@@ -118,6 +118,38 @@ impl HeadscaleApi {
         let path = format!("/api/v1/node/{}", segment(id));
         let _: serde_json::Value = self.call(Method::DELETE, &path, Body::Empty).await?;
         Ok(())
+    }
+
+    /// `POST /api/v1/preauthkey`: a tagged key, owned by no user (tagged
+    /// keys need none), single-use. The expiration is always sent: without
+    /// one Headscale creates a key that is already expired.
+    pub(crate) async fn mint_auth_key(
+        &self,
+        request: &AuthKeyRequest,
+    ) -> Result<AuthKey, ControlError> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Answer {
+            pre_auth_key: PreAuthKey,
+        }
+        #[derive(Deserialize)]
+        struct PreAuthKey {
+            id: NodeId,
+            key: String,
+        }
+        let path = "/api/v1/preauthkey";
+        let expiration = rfc3339(std::time::SystemTime::now() + request.valid_for);
+        let body = json!({
+            "reusable": false,
+            "ephemeral": request.ephemeral,
+            "expiration": expiration,
+            "aclTags": request.tags,
+        });
+        let answer: Answer = self.call(Method::POST, path, Body::Json(body)).await?;
+        Ok(AuthKey {
+            id: answer.pre_auth_key.id.0,
+            key: Secret::new(answer.pre_auth_key.key),
+        })
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -257,4 +289,36 @@ impl<'de> Deserialize<'de> for NodeId {
             Raw::Number(n) => n.to_string(),
         }))
     }
+}
+
+/// `t` as RFC 3339 in UTC with whole seconds (`2026-11-21T22:40:00Z`), the
+/// form protojson's Timestamp accepts.
+pub(crate) fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Days since 1970-01-01 to a (year, month, day) date in the proleptic
+/// Gregorian calendar (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }

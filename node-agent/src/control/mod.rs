@@ -119,6 +119,31 @@ impl DeviceQuery {
     }
 }
 
+/// What a per-pod auth key ([`ControlPlane::mint_auth_key`]) is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthKeyRequest {
+    /// The tags the device joins with (`tag:...`, at least one: a tagged
+    /// key needs no user and its devices do not expire).
+    pub tags: Vec<String>,
+    /// Whether the device is removed by the control plane once it has been
+    /// offline for a while (a lost node's identities then disappear).
+    pub ephemeral: bool,
+    /// How long the key can be used to join. The key is single-use; once
+    /// the device joined, the device keeps its own node key.
+    pub valid_for: Duration,
+    /// Says who minted it and for what (Tailscale shows it on the key).
+    pub description: String,
+}
+
+/// A freshly minted single-use auth key.
+#[derive(Debug, Clone)]
+pub struct AuthKey {
+    /// The control plane's id for the key.
+    pub id: String,
+    /// The key itself (`hskey-auth-...`, `tskey-auth-...`).
+    pub key: Secret,
+}
+
 /// A device's approved routes after [`ControlPlane::approve_routes`] or
 /// [`ControlPlane::withdraw_approval`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -249,9 +274,27 @@ impl ControlPlane {
     /// Removes the device from the tailnet. A device already gone (404) is
     /// not an error: the outcome is the one asked for.
     pub async fn delete_device(&self, device: &Device) -> Result<(), ControlError> {
+        self.delete_device_by_id(&device.id).await
+    }
+
+    /// Mints a single-use, pre-authorized auth key carrying `request.tags`
+    /// (Headscale: `POST /api/v1/preauthkey`; Tailscale: `POST
+    /// /api/v2/tailnet/-/keys`, which needs the `auth_keys` scope and tags
+    /// the OAuth client owns). Used keys are left to expire, never deleted:
+    /// deleting one would make Headscale forget that its device is
+    /// ephemeral.
+    pub async fn mint_auth_key(&self, request: &AuthKeyRequest) -> Result<AuthKey, ControlError> {
+        match &self.backend {
+            Backend::Headscale(api) => api.mint_auth_key(request).await,
+            Backend::Tailscale(api) => api.mint_auth_key(request).await,
+        }
+    }
+
+    /// Removes a device by its control-plane id; already gone is success.
+    pub async fn delete_device_by_id(&self, id: &str) -> Result<(), ControlError> {
         let result = match &self.backend {
-            Backend::Headscale(api) => api.delete_device(&device.id).await,
-            Backend::Tailscale(api) => api.delete_device(&device.id).await,
+            Backend::Headscale(api) => api.delete_device(id).await,
+            Backend::Tailscale(api) => api.delete_device(id).await,
         };
         match result {
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use super::credential::{Credential, Secret};
 use super::error::{ControlError, ErrorKind};
 use super::http::{describe, segment, Body, Http};
-use super::{Device, RouteState};
+use super::{AuthKey, AuthKeyRequest, Device, RouteState};
 
 /// The scopes and tag the agent's OAuth client needs, as the remedies say.
 const OAUTH_CLIENT_ADVICE: &str = "create one with scopes devices:core, devices:routes, \
@@ -54,6 +54,7 @@ struct Token {
 enum Scope {
     Core,
     Routes,
+    AuthKeys,
 }
 
 impl TailscaleApi {
@@ -161,6 +162,38 @@ impl TailscaleApi {
         self.call_raw(Method::DELETE, &path, None, Scope::Core)
             .await
             .map(|_| ())
+    }
+
+    /// `POST /api/v2/tailnet/{tailnet}/keys`: a single-use, preauthorized
+    /// key with tags (an OAuth client may only mint tagged keys, with tags
+    /// it owns).
+    pub(crate) async fn mint_auth_key(
+        &self,
+        request: &AuthKeyRequest,
+    ) -> Result<AuthKey, ControlError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            id: String,
+            key: String,
+        }
+        let path = format!("/api/v2/tailnet/{}/keys", segment(&self.tailnet));
+        let body = json!({
+            "capabilities": {"devices": {"create": {
+                "reusable": false,
+                "ephemeral": request.ephemeral,
+                "preauthorized": true,
+                "tags": request.tags,
+            }}},
+            "expirySeconds": request.valid_for.as_secs().max(1),
+            "description": request.description,
+        });
+        let answer: Answer = self
+            .call(Method::POST, &path, Some(body), Scope::AuthKeys)
+            .await?;
+        Ok(AuthKey {
+            id: answer.id,
+            key: Secret::new(answer.key),
+        })
     }
 
     async fn call<T: serde::de::DeserializeOwned>(
@@ -331,6 +364,7 @@ impl TailscaleApi {
         let needed = match scope {
             Scope::Core => "devices:core",
             Scope::Routes => "devices:routes",
+            Scope::AuthKeys => "auth_keys",
         };
         match (ErrorKind::from_status(status), &self.auth) {
             (ErrorKind::CredentialRejected, Auth::ApiKey(key)) => format!(
