@@ -20,6 +20,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use crate::control::SecretSource;
+use crate::identity::policy::{IdentityPolicy, NamespaceAllowance};
 
 /// Tailscale's address ranges for devices: a pod or service CIDR inside
 /// (or around) one of them would collide with tailnet addresses.
@@ -126,6 +127,22 @@ struct FileConfig {
     datapath: FileDatapath,
     #[serde(default)]
     approval: FileApproval,
+    #[serde(default)]
+    identity: FileIdentity,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileIdentity {
+    enabled: Option<bool>,
+    cluster_name: Option<String>,
+    tailscaled: Option<PathBuf>,
+    tailscale: Option<PathBuf>,
+    login_server: Option<String>,
+    ephemeral: Option<bool>,
+    key_ttl_seconds: Option<u64>,
+    #[serde(default)]
+    namespaces: std::collections::BTreeMap<String, NamespaceAllowance>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +235,29 @@ pub enum ApprovalConfig {
     },
 }
 
+/// Per-pod tailnet identities ([`crate::identity`]): who may have one, and
+/// how the agent runs them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdentityConfig {
+    /// Which namespaces may opt in, with which tags; the device names'
+    /// cluster prefix.
+    pub policy: IdentityPolicy,
+    /// The tailscaled run inside each identity pod's network namespace.
+    pub tailscaled: PathBuf,
+    /// The tailscale CLI that joins it.
+    pub tailscale: PathBuf,
+    /// The control server the pods join (`--login-server`); `None`:
+    /// Tailscale's own.
+    pub login_server: Option<String>,
+    /// Whether pod devices are ephemeral (removed by the control plane once
+    /// offline for a while: a lost node's identities disappear).
+    pub ephemeral: bool,
+    /// How long a minted per-pod key may be used to join.
+    pub key_ttl: Duration,
+    /// One directory per identity: tailscaled's state, socket and log.
+    pub state_dir: PathBuf,
+}
+
 /// Everything the agent runs with, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentConfig {
@@ -253,6 +293,8 @@ pub struct AgentConfig {
     pub manage_datapath: bool,
     /// How routes get approved.
     pub approval: ApprovalConfig,
+    /// Per-pod identities, when enabled.
+    pub identity: Option<IdentityConfig>,
     /// Where the agent keeps its state (the routes it added).
     pub state_dir: PathBuf,
     /// Address of the health and metrics server.
@@ -404,6 +446,14 @@ impl AgentConfig {
             ));
         }
 
+        let approval = approval_config(file.approval)?;
+        let state_dir = args
+            .state_dir
+            .clone()
+            .or(file.state_dir)
+            .unwrap_or_else(|| "/var/lib/tailroute".into());
+        let identity = identity_config(file.identity, &approval, &node_tag, &state_dir)?;
+
         Ok(AgentConfig {
             node_name,
             kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
@@ -438,12 +488,9 @@ impl AgentConfig {
             service_cidrs,
             node_tag,
             manage_datapath: file.datapath.manage.unwrap_or(true),
-            approval: approval_config(file.approval)?,
-            state_dir: args
-                .state_dir
-                .clone()
-                .or(file.state_dir)
-                .unwrap_or_else(|| "/var/lib/tailroute".into()),
+            approval,
+            identity,
+            state_dir,
             listen: args.listen.or(file.listen).unwrap_or_else(|| {
                 AgentConfig::DEFAULT_LISTEN
                     .parse()
@@ -546,6 +593,71 @@ fn approval_config(file: FileApproval) -> Result<ApprovalConfig, ConfigError> {
             }
         }
     }
+}
+
+fn identity_config(
+    file: FileIdentity,
+    approval: &ApprovalConfig,
+    node_tag: &str,
+    state_dir: &Path,
+) -> Result<Option<IdentityConfig>, ConfigError> {
+    let invalid = |msg: String| Err(ConfigError::Invalid(msg));
+    if !file.enabled.unwrap_or(false) {
+        return Ok(None);
+    }
+    let login_server = match (approval, file.login_server) {
+        (ApprovalConfig::DetectOnly, _) => {
+            return invalid(
+                "identity.enabled needs a control-plane credential to mint a key per pod: set                  approval.control and its credential (see docs/per-pod-identity.md)"
+                    .to_owned(),
+            )
+        }
+        (_, Some(url)) => {
+            check_url("identity.login_server", &url)?;
+            Some(url)
+        }
+        (ApprovalConfig::Headscale { url, .. }, None) => Some(url.clone()),
+        (_, None) => None,
+    };
+    let cluster_name = file.cluster_name.unwrap_or_default();
+    if cluster_name.is_empty()
+        || cluster_name.len() > 20
+        || !cluster_name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return invalid(format!(
+            "identity.cluster_name = {cluster_name:?}: give a short name for this cluster              (1-20 of a-z, 0-9, '-'); pod devices are named <cluster>-<namespace>-<pod>"
+        ));
+    }
+    if file.namespaces.is_empty() {
+        return invalid(
+            "identity.enabled with no [identity.namespaces.<name>]: no pod could ever have an              identity; allow a namespace and its tags"
+                .to_owned(),
+        );
+    }
+    let key_ttl = Duration::from_secs(file.key_ttl_seconds.unwrap_or(600));
+    if !(60..=86_400).contains(&key_ttl.as_secs()) {
+        return invalid(format!(
+            "identity.key_ttl_seconds = {}: keys must live 60 s to a day (600 is the default);              they are single-use and only needed while a pod joins",
+            key_ttl.as_secs()
+        ));
+    }
+    let policy = IdentityPolicy {
+        cluster_name,
+        node_tag: node_tag.to_owned(),
+        namespaces: file.namespaces,
+    };
+    policy.check().map_err(ConfigError::Invalid)?;
+    Ok(Some(IdentityConfig {
+        policy,
+        tailscaled: file.tailscaled.unwrap_or_else(|| "tailscaled".into()),
+        tailscale: file.tailscale.unwrap_or_else(|| "tailscale".into()),
+        login_server,
+        ephemeral: file.ephemeral.unwrap_or(true),
+        key_ttl,
+        state_dir: state_dir.join("identities"),
+    }))
 }
 
 fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {
@@ -762,6 +874,68 @@ mod tests {
                 assert_eq!(base_url, "https://api.tailscale.com");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    const HEADSCALE: &str =
+        "[approval]\ncontrol = \"headscale\"\nurl = \"http://198.18.0.2:8080\"\n";
+
+    #[test]
+    fn identity_is_off_by_default_and_read_with_its_policy() {
+        assert_eq!(load(MINIMAL, &args("n1")).expect("valid").identity, None);
+        let text = format!(
+            "{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\n\
+             [identity.namespaces.default]\ntags = [\"tag:k8s-pod\", \"tag:web\"]\n\
+             default_tags = [\"tag:k8s-pod\"]\n"
+        );
+        let identity = load(&text, &args("n1"))
+            .expect("valid")
+            .identity
+            .expect("enabled");
+        assert_eq!(identity.policy.cluster_name, "lab");
+        assert_eq!(identity.policy.node_tag, "tag:k8s-node");
+        assert_eq!(identity.policy.namespaces["default"].tags.len(), 2);
+        // Pods join the Headscale the agent approves routes on.
+        assert_eq!(
+            identity.login_server.as_deref(),
+            Some("http://198.18.0.2:8080")
+        );
+        assert!(identity.ephemeral);
+        assert_eq!(identity.key_ttl, Duration::from_secs(600));
+        assert_eq!(
+            identity.state_dir,
+            Path::new("/var/lib/tailroute/identities")
+        );
+    }
+
+    #[test]
+    fn identity_refuses_what_cannot_work_and_says_what_to_do() {
+        let ns = "[identity.namespaces.default]\ntags = [\"tag:k8s-pod\"]\ndefault_tags = [\"tag:k8s-pod\"]\n";
+        let cases = [
+            // No credential: no way to mint keys.
+            (format!("{MINIMAL}[identity]\nenabled = true\ncluster_name = \"lab\"\n{ns}"), "credential"),
+            (format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\n{ns}"), "cluster_name"),
+            (format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"Lab_1\"\n{ns}"), "cluster_name"),
+            (format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\n"), "allow a namespace"),
+            (
+                format!(
+                    "{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\n\
+                     [identity.namespaces.default]\ntags = [\"tag:k8s-node\"]\ndefault_tags = [\"tag:k8s-node\"]\n"
+                ),
+                "node tag",
+            ),
+            (
+                format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\nkey_ttl_seconds = 5\n{ns}"),
+                "60 s to a day",
+            ),
+            (
+                format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\nephemerl = true\n{ns}"),
+                "unknown field `ephemerl`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = load(&text, &args("n1")).expect_err(&text).to_string();
+            assert!(err.contains(expected), "{text}\n=> {err}");
         }
     }
 }
