@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
@@ -26,6 +26,8 @@ use tailroute_agent::config::{AgentConfig, Args, LogFormat};
 use tailroute_agent::control::ControlPlane;
 use tailroute_agent::departed;
 use tailroute_agent::endpoints::{self, AgentState};
+use tailroute_agent::identity::launch::{PodExec, RUN_IN_POD};
+use tailroute_agent::identity::manager::IdentityManager;
 use tailroute_agent::leader::LeaderLease;
 use tailroute_agent::localapi::{LocalApiClient, WatchMask};
 use tailroute_agent::metrics::{KindLabel, Metrics};
@@ -35,6 +37,21 @@ use tailroute_agent::reconcile::{ClusterView, Reconciler};
 use tailroute_agent::route_ledger::RouteLedger;
 
 fn main() -> ExitCode {
+    // The internal mode that starts an identity's tailscaled inside its pod
+    // (identity/launch.rs): checked first, while the process has one thread.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == RUN_IN_POD) {
+        return match PodExec::parse(&argv[2..]) {
+            Ok(exec) => {
+                eprintln!("tailroute-agent {RUN_IN_POD}: {}", exec.exec());
+                ExitCode::from(127)
+            }
+            Err(usage) => {
+                eprintln!("tailroute-agent {usage}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let args = Args::parse();
     let config = match AgentConfig::load(&args) {
         Ok(config) => config,
@@ -132,12 +149,30 @@ async fn run(config: AgentConfig) -> Result<(), String> {
 
     let reporter = NodeReporter::new(kube.clone(), &config.node_name);
     let departed = DepartedNodes {
-        lease: LeaderLease::new(kube, &config.node_name, config.resync * 3),
+        lease: LeaderLease::new(kube.clone(), &config.node_name, config.resync * 3),
         control: approver.clone(),
         reporter: reporter.clone(),
         metrics: metrics.clone(),
         deleted,
     };
+    if let (Some(identity), Some(control)) = (&config.identity, &approver) {
+        let agent = std::env::current_exe()
+            .map_err(|e| format!("cannot find the agent's own binary (for run-in-pod): {e}"))?;
+        let manager = IdentityManager::new(
+            identity.clone(),
+            config.bridge_data_dir.clone(),
+            control.clone(),
+            agent,
+            kube.clone(),
+            metrics.clone(),
+        );
+        tracing::info!(
+            namespaces = ?identity.policy.namespaces.keys().collect::<Vec<_>>(),
+            dir = %identity.state_dir.display(),
+            "per-pod identities enabled"
+        );
+        tokio::spawn(identity_loop(manager, kube.clone(), config.clone()));
+    }
     let reconciler: Reconciler<KernelNetwork, Arc<ControlPlane>> = Reconciler::new(
         config.clone(),
         localapi.clone(),
@@ -199,6 +234,49 @@ fn watch_nodes(
         }
     });
     store
+}
+
+/// Keeps this node's identity pods' identities: a pass on every change to
+/// the node's pods, every second while one waits or failed, and at every
+/// resync otherwise. Identities already running are adopted by the first
+/// pass, untouched.
+async fn identity_loop(manager: IdentityManager, client: Client, config: Arc<AgentConfig>) {
+    let wake = Arc::new(Notify::new());
+    let (store, writer) = reflector::store::<Pod>();
+    let selector = format!("spec.nodeName={}", config.node_name);
+    let stream = reflector::reflector(
+        writer,
+        watcher(
+            Api::<Pod>::all(client),
+            watcher::Config::default().fields(&selector),
+        ),
+    )
+    .default_backoff();
+    let notify = wake.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "watching this node's Pods"),
+            }
+        }
+    });
+    if store.wait_until_ready().await.is_err() {
+        tracing::error!("the Pod cache never became ready: per-pod identities are not managed");
+        return;
+    }
+    loop {
+        let pods: Vec<Pod> = store.state().iter().map(|p| (**p).clone()).collect();
+        let summary = manager.reconcile(&pods).await;
+        let pause = if summary.pending + summary.failed > 0 {
+            Duration::from_secs(1)
+        } else {
+            config.resync
+        };
+        let _ = tokio::time::timeout(pause, wake.notified()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The leader's chore: the tailnet devices of deleted Nodes.

@@ -79,6 +79,15 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Deleted Nodes handled by the leader, by what became of their device.
     pub departed_nodes: Family<KindLabel, Counter>,
+    /// Identity pods on this node by state (`ready`, `pending`, `failed`,
+    /// `refused`).
+    pub identities: Family<KindLabel, Gauge>,
+    /// Identity lifecycle events (`started`, `adopted`, `joined`,
+    /// `removed`, `remove_failed`).
+    pub identity_events: Family<KindLabel, Counter>,
+    /// Seconds from a pod's creation to its identity being ready (first
+    /// time only).
+    pub identity_ready_seconds: Histogram,
 }
 
 impl Metrics {
@@ -104,6 +113,11 @@ impl Metrics {
             pod_mtu: Gauge::default(),
             leader: Gauge::default(),
             departed_nodes: Family::default(),
+            identities: Family::default(),
+            identity_events: Family::default(),
+            identity_ready_seconds: Histogram::new([
+                0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+            ]),
             registry: Registry::default(),
         };
         registry.register(
@@ -181,6 +195,21 @@ impl Metrics {
             "departed_nodes",
             "Deleted Nodes handled by the leader, by what became of their tailnet device",
             metrics.departed_nodes.clone(),
+        );
+        registry.register(
+            "identities",
+            "Identity pods on this node by state: ready, pending, failed, refused",
+            metrics.identities.clone(),
+        );
+        registry.register(
+            "identity_events",
+            "Identity lifecycle events: started, adopted, joined, removed, remove_failed",
+            metrics.identity_events.clone(),
+        );
+        registry.register(
+            "identity_ready_seconds",
+            "Seconds from an identity pod's creation to its identity being ready",
+            metrics.identity_ready_seconds.clone(),
         );
         Metrics {
             registry,

@@ -85,7 +85,16 @@ pub struct AgentFiles<'a> {
     pub network: &'a ClusterNetwork,
     /// Headscale's URL and the API key file, when approving through the API.
     pub api: Option<(&'a str, &'a Path)>,
+    /// The tailscaled and tailscale binaries for per-pod identities, which
+    /// the lab enables whenever the agent has an API key to mint keys with.
+    pub identity: Option<(&'a Path, &'a Path)>,
 }
+
+/// The identity policy of every lab: pods in `default` may have an
+/// identity, tagged [`POD_TAG`] unless they ask for [`WEB_TAG`] too.
+pub const POD_TAG: &str = "tag:k8s-pod";
+/// The other tag `default`'s pods may ask for.
+pub const WEB_TAG: &str = "tag:web";
 
 /// Writes `agent.toml` for one node and returns its path.
 pub fn write_config(files: &AgentFiles<'_>) -> std::io::Result<PathBuf> {
@@ -124,6 +133,16 @@ pub fn write_config(files: &AgentFiles<'_>) -> std::io::Result<PathBuf> {
             key_file.display()
         ));
     }
+    if let Some((tailscaled, tailscale)) = files.identity {
+        toml.push_str(&format!(
+            "\n[identity]\nenabled = true\ncluster_name = \"lab\"\n\
+             tailscaled = \"{}\"\ntailscale = \"{}\"\n\n\
+             [identity.namespaces.default]\ntags = [\"{POD_TAG}\", \"{WEB_TAG}\"]\n\
+             default_tags = [\"{POD_TAG}\"]\n",
+            tailscaled.display(),
+            tailscale.display()
+        ));
+    }
     let path = files.dir.join("agent.toml");
     std::fs::create_dir_all(files.dir)?;
     write_private(&path, &toml)?;
@@ -147,6 +166,7 @@ mod tests {
             cni_bin_dir: Path::new("/b"),
             network: &network,
             api: Some(("http://198.18.0.2:8080", Path::new("/key"))),
+            identity: Some((Path::new("/ts/tailscaled"), Path::new("/ts/tailscale"))),
         })
         .expect("write");
         let text = std::fs::read_to_string(&path).expect("read");
@@ -156,6 +176,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("control = \"headscale\""), "{text}");
+        assert!(text.contains("[identity.namespaces.default]"), "{text}");
         assert!(CLUSTER_ROLE.contains("nodes/status"));
     }
 }

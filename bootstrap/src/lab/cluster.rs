@@ -639,6 +639,12 @@ fn start_node(
             cni_bin_dir: &cni_bin_dir,
             network: node_agent.network,
             api: node_agent.api,
+            identity: node_agent.api.map(|_| {
+                (
+                    spec.peers.tailscaled.as_path(),
+                    spec.peers.tailscale.as_path(),
+                )
+            }),
         })
         .map_err(|e| fail("write the agent's configuration", &e))?;
         let pid = DaemonSpec {
@@ -646,7 +652,9 @@ fn start_node(
             entry: Entry::Setns,
             program: &setup.program,
             args: vec![format!("--config={}", config.display())],
-            env: vec![],
+            // Inherited by the identities' tailscaleds: the lab's DERP is
+            // plain http (docs/lab-peers.md).
+            env: vec![("TS_DEBUG_USE_DERP_HTTP".into(), "1".into())],
             log: dir.join("agent.log"),
         }
         .spawn()

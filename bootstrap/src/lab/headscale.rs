@@ -76,7 +76,8 @@ pub fn config_yaml(dir: &Path, address: IpAddr) -> String {
     )
 }
 
-/// The policy: `tag:k8s-node` owned by the lab user, everything allowed.
+/// The policy: `tag:k8s-node` and the identity pods' tags owned by the
+/// lab user, everything allowed.
 pub fn policy_hujson(auto_approve: &[String]) -> String {
     let auto = if auto_approve.is_empty() {
         String::new()
@@ -91,8 +92,10 @@ pub fn policy_hujson(auto_approve: &[String]) -> String {
         )
     };
     format!(
-        "{{\n  \"tagOwners\": {{ \"{NODE_TAG}\": [\"{USER}@\"] }},\n  \
-         \"acls\": [ {{ \"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"] }} ]{auto}\n}}\n"
+        "{{\n  \"tagOwners\": {{ \"{NODE_TAG}\": [\"{USER}@\"], \"{pod}\": [\"{USER}@\"], \"{web}\": [\"{USER}@\"] }},\n  \
+         \"acls\": [ {{ \"action\": \"accept\", \"src\": [\"*\"], \"dst\": [\"*:*\"] }} ]{auto}\n}}\n",
+        pod = crate::lab::agent::POD_TAG,
+        web = crate::lab::agent::WEB_TAG,
     )
 }
 
