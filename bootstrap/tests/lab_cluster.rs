@@ -21,6 +21,9 @@ use serde_json::Value;
 use tailroute::lab::LabTag;
 
 /// One lab at a time in this binary.
+#[path = "lab_cluster/identity.rs"]
+mod identity;
+
 static ONE_LAB: Mutex<()> = Mutex::new(());
 
 /// State directories of these tests: `<tmp>/<STATE_PREFIX><tag>`.
@@ -598,6 +601,19 @@ spec:
       containers: [{name: web, image: lab/builtin-server, ports: [{containerPort: 8080}]}]
 "#;
 
+/// Prints a figure and keeps it in `target/tmp/lab-figures.txt`, which
+/// `make test` prints at the end.
+fn record_figure(line: &str) {
+    println!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-figures.txt");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .expect("open figures file");
+    std::io::Write::write_all(&mut file, format!("{line}\n").as_bytes()).expect("write figures");
+}
+
 /// Reports the figures the lab issue asks for: `lab up` time per phase and
 /// memory of every lab process at rest (after a few quiet seconds). They
 /// go to stdout and to `target/tmp/lab-figures.txt`, which `make test`
@@ -1103,6 +1119,16 @@ fn a_hand_made_route_survives_the_agent(lab: &CliLab) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+#[test]
+fn pods_that_ask_get_a_tailnet_identity_of_their_own() {
+    let _one = ONE_LAB.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = CliLab::new('i');
+    let out = lab.up_with(2, "flat", true, &["--approval=api", "--laptop"]);
+    println!("{out}");
+    identity::identity_pods_are_tailnet_devices_of_their_own(&lab);
+    lab.down_and_check();
 }
 
 #[test]

@@ -70,7 +70,10 @@ pub struct PodSync {
 #[derive(Debug, Default)]
 struct PodState {
     /// The last status the API server accepted.
-    reported: Option<PodReport>,
+    /// The last report patched, and whether the pod's readiness gates
+    /// were all True then (a gate's owner changing its condition makes
+    /// Ready change too).
+    reported: Option<(PodReport, bool)>,
     /// The `NetworkNotReady` Event has been sent for this pod.
     network_event_sent: bool,
     /// When the next sandbox creation or teardown may be tried.
@@ -418,7 +421,9 @@ impl PodSync {
     /// Patches the pod's status unless it already says `report`.
     async fn report(&mut self, pod: &Pod, report: PodReport) {
         let uid = pod.uid().unwrap_or_default();
-        if self.state(&uid).reported.as_ref() == Some(&report) {
+        let gates_ready = status::gate_not_true(pod).is_none();
+        let now = (report.clone(), gates_ready);
+        if self.state(&uid).reported.as_ref() == Some(&now) {
             return;
         }
         let patch = status::status_patch(pod, &self.node_ips, &report, Timestamp::now());
@@ -436,7 +441,7 @@ impl PodSync {
                 if let PodReport::Running { pod_ips, .. } = &report {
                     tracing::info!(pod = %PodRef::of(pod), "reported Running with {pod_ips:?}");
                 }
-                self.state(&uid).reported = Some(report);
+                self.state(&uid).reported = Some(now);
             }
             Err(e) => tracing::warn!(pod = %PodRef::of(pod), "reporting the pod's status: {e}"),
         }

@@ -46,6 +46,24 @@ pub enum PodReport {
     },
 }
 
+/// The first readiness gate of `pod` whose condition is not `True`.
+pub fn gate_not_true(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.readiness_gates.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|g| g.condition_type.as_str())
+        .find(|gate| {
+            !pod.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == *gate && c.status == "True")
+        })
+}
+
 /// The `pods/status` patch reporting `report` for `pod`, on a node with
 /// `node_ips`, at `now`.
 pub fn status_patch(pod: &Pod, node_ips: &[IpAddr], report: &PodReport, now: Timestamp) -> Value {
@@ -68,15 +86,30 @@ pub fn status_patch(pod: &Pod, node_ips: &[IpAddr], report: &PodReport, now: Tim
         if why && !ok {
             c["reason"] = json!(reason);
             c["message"] = json!(message);
+        } else if why {
+            // null deletes a reason left from when it was False.
+            c["reason"] = Value::Null;
+            c["message"] = Value::Null;
         }
         c
     };
+    // Ready also waits for every readiness gate's condition, set by its
+    // owner (tailroute's agent for `tailroute.dev/identity-ready`), as
+    // the real kubelet does (pkg/kubelet/status/generate.go).
+    let gate_not_true = gate_not_true(pod);
+    let mut ready = condition("Ready", running && gate_not_true.is_none(), true);
+    if let (true, Some(gate)) = (running, gate_not_true) {
+        ready["reason"] = json!("ReadinessGatesNotReady");
+        ready["message"] = json!(format!(
+            "the condition of pod readiness gate \"{gate}\" is not True"
+        ));
+    }
     let conditions = vec![
         condition("PodScheduled", true, false),
         condition("PodReadyToStartContainers", running, true),
         condition("Initialized", true, false),
         condition("ContainersReady", running, true),
-        condition("Ready", running, true),
+        ready,
     ];
 
     let spec = pod.spec.as_ref();
@@ -294,5 +327,39 @@ mod tests {
             status["containerStatuses"][0]["state"],
             json!({"waiting": {"reason": "ContainerCreating"}})
         );
+    }
+
+    #[test]
+    fn ready_waits_for_every_readiness_gate() {
+        let mut pod = pod();
+        pod.spec.as_mut().unwrap().readiness_gates =
+            Some(vec![k8s_openapi::api::core::v1::PodReadinessGate {
+                condition_type: "tailroute.dev/identity-ready".into(),
+            }]);
+        let report = PodReport::Running {
+            pod_ips: vec!["10.244.1.7".parse().unwrap()],
+            container_id: "lab://abc".into(),
+            started: now(),
+            restarts: 0,
+        };
+        let ready = |pod: &Pod| {
+            let patch = status_patch(pod, &[], &report, now());
+            patch["status"]["conditions"][4].clone()
+        };
+        let waiting = ready(&pod);
+        assert_eq!(waiting["status"], "False");
+        assert_eq!(waiting["reason"], "ReadinessGatesNotReady");
+        assert_eq!(gate_not_true(&pod), Some("tailroute.dev/identity-ready"));
+        let conditions = pod.status.as_mut().unwrap().conditions.as_mut().unwrap();
+        conditions.push(
+            serde_json::from_value(json!(
+                {"type": "tailroute.dev/identity-ready", "status": "True"}
+            ))
+            .unwrap(),
+        );
+        let now_ready = ready(&pod);
+        assert_eq!(now_ready["status"], "True");
+        assert_eq!(now_ready["reason"], Value::Null);
+        assert_eq!(gate_not_true(&pod), None);
     }
 }

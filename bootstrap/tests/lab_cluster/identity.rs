@@ -1,0 +1,471 @@
+//! Per-pod tailnet identities on a lab whose agents hold a Headscale API
+//! key (the lab then allows identities in `default`, tags `tag:k8s-pod`
+//! and `tag:web`).
+
+use super::*;
+
+/// An identity pod as the test follows it.
+struct IdentityPod {
+    name: &'static str,
+    netns: String,
+    ips: Vec<IpAddr>,
+}
+
+const PODS: &str = r#"---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: id-web
+  namespace: default
+  annotations: {tailroute.dev/identity: "true", tailroute.dev/identity-tags: "tag:web,tag:k8s-pod"}
+spec:
+  nodeName: n1
+  readinessGates: [{conditionType: tailroute.dev/identity-ready}]
+  containers: [{name: web, image: lab/builtin-server}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: id-plain
+  namespace: default
+  annotations: {tailroute.dev/identity: "true"}
+spec:
+  nodeName: n2
+  readinessGates: [{conditionType: tailroute.dev/identity-ready}]
+  containers: [{name: web, image: lab/builtin-server}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: id-node-tag
+  namespace: default
+  annotations: {tailroute.dev/identity: "true", tailroute.dev/identity-tags: "tag:k8s-node"}
+spec:
+  nodeName: n1
+  containers: [{name: web, image: lab/builtin-server}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: id-db
+  namespace: default
+  annotations: {tailroute.dev/identity: "true", tailroute.dev/identity-tags: "tag:db"}
+spec:
+  nodeName: n2
+  containers: [{name: web, image: lab/builtin-server}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: other}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: id-other
+  namespace: other
+  annotations: {tailroute.dev/identity: "true"}
+spec:
+  nodeName: n1
+  containers: [{name: web, image: lab/builtin-server}]
+"#;
+
+/// Every check of the identity issue, on one lab.
+pub(super) fn identity_pods_are_tailnet_devices_of_their_own(lab: &CliLab) {
+    let applied = Instant::now();
+    lab.kubectl(&["apply", "-f", "-"], Some(PODS));
+    let web = wait_identity_ready(lab, "id-web", applied);
+    let plain = wait_identity_ready(lab, "id-plain", applied);
+
+    requested_tags_are_applied_and_others_refused(lab);
+    the_laptop_and_the_identity_reach_each_other(lab, &web);
+    an_agent_restart_leaves_identities_up_and_adds_no_device(lab, &web);
+    deleting_the_pod_removes_its_device_within_10_s(lab, &web);
+    deleting_the_pod_removes_its_device_within_10_s(lab, &plain);
+}
+
+/// Waits for the pod's `tailroute.dev/identity-ready` condition, then
+/// checks the annotations and that Ready followed the readiness gate.
+fn wait_identity_ready(lab: &CliLab, name: &'static str, applied: Instant) -> IdentityPod {
+    let deadline = applied + Duration::from_secs(60);
+    let pod = loop {
+        let pod: Value = serde_json::from_str(&lab.kubectl(
+            &["get", "pod", name, "-o", "json", "--ignore-not-found"],
+            None,
+        ))
+        .unwrap_or(Value::Null);
+        let ready = condition(&pod, "tailroute.dev/identity-ready");
+        if ready["status"] == "True" && condition(&pod, "Ready")["status"] == "True" {
+            break pod;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no identity after 60 s: {ready} {}",
+            lab_agent_logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seconds = applied.elapsed().as_secs_f64();
+    let ips: Vec<IpAddr> = pod["metadata"]["annotations"]["tailroute.dev/identity-ips"]
+        .as_str()
+        .expect("identity-ips annotation")
+        .split(',')
+        .map(|ip| ip.parse().expect("an address"))
+        .collect();
+    assert!(
+        ips.iter().any(|ip| ip.to_string().starts_with("100.64."))
+            && ips
+                .iter()
+                .any(|ip| ip.to_string().starts_with("fd7a:115c:a1e0:")),
+        "{name}: a v4 and a v6 tailnet address: {ips:?}"
+    );
+    assert_eq!(
+        pod["metadata"]["annotations"]["tailroute.dev/identity-name"],
+        format!("lab-default-{name}")
+    );
+    let status = lab.status();
+    let node = pod["spec"]["nodeName"].as_str().expect("node");
+    let prefix = status["lab"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["pod_netns_prefix"].as_str())
+        .expect("pod netns prefix")
+        .to_owned();
+    let uid = pod["metadata"]["uid"].as_str().expect("uid");
+    record_figure(&format!(
+        "identity: {name} ready (Ready, gate included) {seconds:.1} s after kubectl apply"
+    ));
+    IdentityPod {
+        name,
+        netns: tailroute::lab::kubelet::record::netns_name(&prefix, uid),
+        ips,
+    }
+}
+
+fn condition(pod: &Value, kind: &str) -> Value {
+    pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn lab_agent_logs(lab: &CliLab) -> String {
+    ["n1", "n2"]
+        .iter()
+        .map(|n| {
+            let log = std::fs::read_to_string(lab.state_dir.join(format!("nodes/{n}/agent.log")))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            format!(
+                "--- agent {n}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Headscale's devices: (name, tags).
+fn headscale_devices(lab: &CliLab) -> Vec<(String, Vec<String>)> {
+    let status = lab.status();
+    let config = status["lab"]["headscale_config"]
+        .as_str()
+        .expect("config")
+        .to_owned();
+    let peers =
+        tailroute::lab::peers::Peers::locate(&tailroute::lab::peers::cache_root()).expect("peers");
+    let out = Command::new(&peers.headscale)
+        .args(["-c", &config, "nodes", "list", "-o", "json"])
+        .output()
+        .expect("headscale nodes list");
+    let list: Value = serde_json::from_slice(&out.stdout).expect("headscale's JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let name = n["name"].as_str().unwrap_or_default().to_owned();
+            let mut tags: Vec<String> = n["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            tags.sort();
+            (name, tags)
+        })
+        .collect()
+}
+
+/// The tags asked for are the device's; a tag outside the namespace's
+/// allowance, the node tag, and a namespace without an allowance are
+/// refused, with the reason on the pod's condition and in an Event.
+fn requested_tags_are_applied_and_others_refused(lab: &CliLab) {
+    let devices = headscale_devices(lab);
+    let tags_of = |name: &str| {
+        devices
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_else(|| panic!("no device {name}: {devices:?}"))
+    };
+    assert_eq!(tags_of("lab-default-id-web"), ["tag:k8s-pod", "tag:web"]);
+    assert_eq!(tags_of("lab-default-id-plain"), ["tag:k8s-pod"]);
+    for (namespace, pod, reason, says) in [
+        (
+            "default",
+            "id-node-tag",
+            "IdentityTagNotAllowed",
+            "nodes' tag",
+        ),
+        (
+            "default",
+            "id-db",
+            "IdentityTagNotAllowed",
+            "may not use tag:db",
+        ),
+        (
+            "other",
+            "id-other",
+            "IdentityNamespaceNotAllowed",
+            "namespace other",
+        ),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events: Value = serde_json::from_str(&lab.kubectl(
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    namespace,
+                    "-o",
+                    "json",
+                    &format!("--field-selector=involvedObject.name={pod},reason={reason}"),
+                ],
+                None,
+            ))
+            .expect("events");
+            let pod_json: Value = serde_json::from_str(
+                &lab.kubectl(&["get", "pod", "-n", namespace, pod, "-o", "json"], None),
+            )
+            .expect("pod");
+            let refused = condition(&pod_json, "tailroute.dev/identity-ready");
+            let noted = events["items"].as_array().is_some_and(|e| {
+                e.iter().any(|e| {
+                    e["note"]
+                        .as_str()
+                        .or(e["message"].as_str())
+                        .is_some_and(|m| m.contains(says))
+                })
+            });
+            if refused["status"] == "False" && refused["reason"] == reason && noted {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{namespace}/{pod}: no {reason} refusal saying {says:?}: {refused} {events}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(
+            !devices.iter().any(|(n, _)| n.contains(pod)),
+            "a refused pod got a device: {devices:?}"
+        );
+    }
+}
+
+/// The laptop reaches the pod at the pod's own addresses and the pod sees
+/// the laptop's; the pod reaches the laptop from its own addresses. Both
+/// families.
+fn the_laptop_and_the_identity_reach_each_other(lab: &CliLab, pod: &IdentityPod) {
+    let status = lab.status();
+    let laptop = &status["lab"]["laptop"];
+    let laptop_ns = laptop["namespace"].as_str().expect("laptop namespace");
+    let laptop_ips: Vec<IpAddr> = laptop["tailnet_ips"]
+        .as_array()
+        .expect("laptop IPs")
+        .iter()
+        .filter_map(|ip| ip.as_str()?.parse().ok())
+        .collect();
+    for pod_ip in &pod.ips {
+        let laptop_ip = *laptop_ips
+            .iter()
+            .find(|ip| ip.is_ipv4() == pod_ip.is_ipv4())
+            .expect("the laptop has this family");
+        let seen = common::tcp_source_seen_by(&pod.netns, *pod_ip, laptop_ns);
+        assert_eq!(
+            seen.to_canonical(),
+            laptop_ip,
+            "laptop -> {} at {pod_ip}",
+            pod.name
+        );
+        let seen = common::tcp_source_seen_by(laptop_ns, laptop_ip, &pod.netns);
+        assert_eq!(
+            seen.to_canonical(),
+            *pod_ip,
+            "{} -> laptop at {laptop_ip}",
+            pod.name
+        );
+        println!(
+            "identity: laptop {laptop_ip} <-> {} {pod_ip}, each seeing the other's tailnet address",
+            pod.name
+        );
+    }
+}
+
+/// Killing and restarting both agents while the laptop talks to the pod
+/// over the pod's identity: no echo takes a second, the pod's tailscaled
+/// is the same process, and Headscale has no new device.
+fn an_agent_restart_leaves_identities_up_and_adds_no_device(lab: &CliLab, pod: &IdentityPod) {
+    let status = lab.status();
+    let laptop_ns = status["lab"]["laptop"]["namespace"]
+        .as_str()
+        .expect("laptop namespace")
+        .to_owned();
+    let devices_before = headscale_devices(lab);
+    let tailscaled_before = identity_tailscaleds();
+    let dst = *pod.ips.first().expect("an address");
+    let listener = common::in_netns(&pod.netns, || {
+        std::net::TcpListener::bind(std::net::SocketAddr::new(dst, 5203)).expect("bind")
+    });
+    let echo = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while conn.read_exact(&mut buf).is_ok() {
+            if conn.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stream = common::in_netns(&laptop_ns, || {
+        std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::new(dst, 5203),
+            Duration::from_secs(5),
+        )
+        .expect("connect")
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .expect("timeout");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut sent, mut worst) = (0u32, Duration::ZERO);
+            let mut back = [0u8; 64];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let started = Instant::now();
+                stream.write_all(&[9u8; 64]).expect("the stream broke");
+                stream
+                    .read_exact(&mut back)
+                    .expect("no echo within 1 s: the identity's traffic stalled");
+                worst = worst.max(started.elapsed());
+                sent += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (sent, worst)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, node) in ["n1", "n2"].iter().enumerate() {
+        let ns = status["lab"]["nodes"][i]["namespace"].as_str().expect("ns");
+        let pid = lab_process(lab, &format!("agent {node}"));
+        let log = lab.state_dir.join(format!("nodes/{node}/agent.log"));
+        restart_in(ns, pid, &log, tailroute::lab::daemon::Entry::Setns);
+    }
+    // Long enough for the new agents' first identity pass (they adopt).
+    std::thread::sleep(Duration::from_secs(6));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, worst) = talker
+        .join()
+        .expect("the identity's traffic was interrupted");
+    drop(echo);
+    assert!(sent > 50, "only {sent} echoes");
+    assert_eq!(
+        identity_tailscaleds(),
+        tailscaled_before,
+        "the identities' tailscaleds were restarted"
+    );
+    assert_eq!(
+        headscale_devices(lab),
+        devices_before,
+        "the agent restart changed Headscale's devices"
+    );
+    record_figure(&format!(
+        "identity: agent restart on both nodes: {sent} echoes laptop <-> {} over its identity, slowest {:.0} ms, no new device",
+        pod.name,
+        worst.as_secs_f64() * 1000.0
+    ));
+}
+
+/// The identities' tailscaled processes: (pid, state dir).
+fn identity_tailscaleds() -> BTreeSet<(u32, String)> {
+    let mut found = BTreeSet::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if let Some(dir) = text
+            .split(' ')
+            .find_map(|a| a.strip_prefix("--statedir="))
+            .filter(|d| d.contains("/agent/state/identities/"))
+        {
+            found.insert((pid, dir.to_owned()));
+        }
+    }
+    found
+}
+
+/// `kubectl delete pod` removes the pod's device from Headscale within
+/// 10 s, stops its tailscaled and removes its directory.
+fn deleting_the_pod_removes_its_device_within_10_s(lab: &CliLab, pod: &IdentityPod) {
+    let device = format!("lab-default-{}", pod.name);
+    assert!(headscale_devices(lab).iter().any(|(n, _)| *n == device));
+    let running = identity_tailscaleds().len();
+    let started = Instant::now();
+    lab.kubectl(&["delete", "pod", pod.name, "--wait=false"], None);
+    loop {
+        if !headscale_devices(lab).iter().any(|(n, _)| *n == device) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{device} is still on the tailnet 10 s after its pod was deleted: {}",
+            lab_agent_logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Its tailscaled stopped and its directory went; the others stay.
+    loop {
+        let now = identity_tailscaleds();
+        if now.len() + 1 == running
+            && now
+                .iter()
+                .all(|(_, dir)| Path::new(dir).join("identity.json").exists())
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{running} before: {now:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    record_figure(&format!(
+        "identity: {device} gone from Headscale {:.1} s after kubectl delete pod",
+        gone.as_secs_f64()
+    ));
+}
