@@ -5,6 +5,7 @@
 #   ${TAILROUTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailroute}/peers/<name>-<version>/
 #
 #   tailscale   tailscaled, tailscale
+#   tailscale-identity   a trimmed tailscaled for identity pods
 #   headscale   headscale
 #   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubeadm,
 #               kubectl
@@ -37,7 +38,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 CACHE=${TAILROUTE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tailroute}
 PEERS_DIR=$CACHE/peers
-ALL_PEERS=(tailscale headscale kubernetes etcd cnitool helm kubeconform k8s-schemas)
+ALL_PEERS=(tailscale tailscale-identity headscale kubernetes etcd cnitool helm kubeconform k8s-schemas)
 
 log() { echo "build-peers: $*" >&2; }
 die() { echo "build-peers: $*" >&2; exit 1; }
@@ -50,6 +51,7 @@ usage() {
 version_of() {
   case $1 in
     tailscale) echo "$TAILSCALE_VERSION" ;;
+    tailscale-identity) echo "$TAILSCALE_VERSION-r$TAILSCALE_IDENTITY_REVISION" ;;
     headscale) echo "$HEADSCALE_VERSION" ;;
     kubernetes) echo "$KUBERNETES_VERSION" ;;
     etcd) echo "$ETCD_VERSION" ;;
@@ -71,6 +73,7 @@ dir_of() {
 bins_of() {
   case $1 in
     tailscale) echo "tailscaled tailscale" ;;
+    tailscale-identity) echo "tailscaled" ;;
     headscale) echo "headscale" ;;
     kubernetes) echo "kube-apiserver kube-controller-manager kube-scheduler kubeadm kubectl" ;;
     etcd) echo "etcd etcdctl" ;;
@@ -145,6 +148,40 @@ build_tailscale() {
     -X tailscale.com/version.longStamp=${v#v}${commit:+-t${commit:0:9}} \
     ${commit:+-X tailscale.com/version.gitCommitStamp=$commit}" \
     "tailscale.com/cmd/tailscaled@$v" "tailscale.com/cmd/tailscale@$v"
+}
+
+# The trimmed tailscaled run once per identity pod (node-agent/src/identity):
+# every feature tag omitted but these, each needed by v1.98.10:
+#   osrouter            kernel TUN: addresses, routes (table 52), policy rules
+#   netstack            without it, any packet tailscaled injects into the TUN
+#                       (TSMP pong or reject, disco advert, ICMP ping) panics
+#   unixsocketidentity  without it, every LocalAPI call is refused (403)
+#   tailnetlock         without it, the stock CLI cannot decode the netmap's
+#                       lock head and `tailscale up` fails
+#   ipnbus, advertiseroutes, c2n, useroutes, health, bakedroots
+# Dropping dns/resolved/dbus/networkmanager also means it never touches the
+# node's resolver. Measured (20 instances, docs/per-pod-identity.md): about
+# 9 MiB PSS each at rest, against 24-41 MiB for the stock build.
+TAILSCALE_IDENTITY_OMIT="ace acme advertiseexitnode appconnectors aws bird \
+cachenetmap captiveportal capture cliconndiag clientmetrics clientupdate cloud \
+colorable completion completion_scripts conn25 dbus debug debugeventbus \
+debugportmapper desktop_sessions dns doctor drive gro hujsonconf \
+identityfederation iptables kube linkspeed linuxdnsfight listenrawdisco logtail \
+netlog networkmanager oauthkey outboundproxy peerapiclient \
+peerapiserver portlist portmapper posture qrcodes relayserver resolved sdnotify \
+serve ssh synology syspolicy systray taildrop tap tpm tundevstats useexitnode \
+useproxy usermetrics wakeonlan webbrowser webclient"
+
+build_tailscale_identity() {
+  local v=$TAILSCALE_VERSION commit tags
+  commit=$(commit_of "tailscale.com@$v")
+  # shellcheck disable=SC2086 # the list is split into words on purpose
+  tags=$(printf 'ts_omit_%s,' $TAILSCALE_IDENTITY_OMIT); tags=${tags%,}
+  GOBIN="$1" GOFLAGS="$GOFLAGS_BASE -mod=mod" go install -trimpath -tags="$tags" -ldflags="-s -w \
+    -X tailscale.com/version.shortStamp=${v#v} \
+    -X tailscale.com/version.longStamp=${v#v}${commit:+-t${commit:0:9}} \
+    ${commit:+-X tailscale.com/version.gitCommitStamp=$commit}" \
+    "tailscale.com/cmd/tailscaled@$v"
 }
 
 build_headscale() {

@@ -25,7 +25,7 @@ struct StopOnDrop(Vec<String>);
 
 impl Drop for StopOnDrop {
     fn drop(&mut self) {
-        stop_processes_in(&self.0, Duration::from_secs(1));
+        stop_processes_in(&self.0, Path::new("/nonexistent"), Duration::from_secs(1));
     }
 }
 
@@ -57,7 +57,10 @@ fn a_daemon_runs_in_its_namespace_and_is_found_and_stopped_there() {
     // A process of the host's namespace is not "in" the lab namespace.
     let me = std::process::id();
     assert!(!processes_in(&names).iter().any(|(p, _)| *p == me));
-    assert_eq!(stop_processes_in(&names, Duration::from_secs(2)), 2);
+    assert_eq!(
+        stop_processes_in(&names, Path::new("/nonexistent"), Duration::from_secs(2)),
+        2
+    );
     wait_until("both sleeps gone", || {
         pids.iter().all(|p| !process_alive(*p))
     });

@@ -1,9 +1,10 @@
 //! Undoing what the agent set up on a node: `tailroute-agent --cleanup`
 //! and `tailroute reset` both call [`undo`].
 //!
-//! Only the agent's own work is undone: the routes its ledger says it
-//! added (routes others advertised, and tailscaled's other prefs, stay as
-//! they are), its conflist and its nftables table.
+//! Only the agent's own work is undone: the pod identities it runs (their
+//! devices removed), the routes its ledger says it added (routes others
+//! advertised, and tailscaled's other prefs, stay as they are), its
+//! conflist and its nftables table.
 
 use crate::advertiser::RouteAdvertiser;
 use crate::config::AgentConfig;
@@ -35,6 +36,27 @@ pub async fn undo(config: &AgentConfig) -> Result<Vec<String>, String> {
             Err(e) => problems.push(format!("withdrawing routes: {e}")),
         },
         Err(e) => problems.push(e.to_string()),
+    }
+    // Identities first: their devices leave the tailnet, their tailscaleds
+    // stop (each holds its pod's network namespace).
+    let identities = config.state_dir.join("identities");
+    match crate::identity::instance::Instance::list(&identities) {
+        Ok((instances, broken)) => {
+            let control = crate::approval::control_plane(&config.approval)
+                .ok()
+                .flatten();
+            for instance in instances {
+                let name = instance.record.hostname.clone();
+                match crate::identity::manager::teardown(instance, control.as_ref()).await {
+                    Ok(()) => done.push(format!("removed the pod identity {name}")),
+                    Err(e) => problems.push(format!("pod identity {name}: {e}")),
+                }
+            }
+            for dir in broken {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        Err(e) => problems.push(format!("reading {}: {e}", identities.display())),
     }
     let conflist = config.conflist_path();
     match conflist::remove(&conflist) {

@@ -141,6 +141,7 @@ struct FileIdentity {
     login_server: Option<String>,
     ephemeral: Option<bool>,
     key_ttl_seconds: Option<u64>,
+    go_memory_limit: Option<String>,
     #[serde(default)]
     namespaces: std::collections::BTreeMap<String, NamespaceAllowance>,
 }
@@ -254,6 +255,10 @@ pub struct IdentityConfig {
     pub ephemeral: bool,
     /// How long a minted per-pod key may be used to join.
     pub key_ttl: Duration,
+    /// `GOMEMLIMIT` for each identity's tailscaled (`64MiB` by default;
+    /// `off` leaves it unset). Without it, wireguard-go's packet buffers
+    /// stay allocated after a burst of traffic (measured: 170-200 MiB).
+    pub go_memory_limit: Option<String>,
     /// One directory per identity: tailscaled's state, socket and log.
     pub state_dir: PathBuf,
 }
@@ -643,6 +648,17 @@ fn identity_config(
             key_ttl.as_secs()
         ));
     }
+    let go_memory_limit = match file.go_memory_limit.as_deref().unwrap_or("64MiB") {
+        "off" => None,
+        limit if is_go_memory_limit(limit) => Some(limit.to_owned()),
+        other => {
+            return invalid(format!(
+                "identity.go_memory_limit = {other:?}: give a size such as \"64MiB\" (units B, \
+                 KiB, MiB, GiB) or \"off\"; below about 50MiB tailscaled's garbage collector runs \
+                 constantly"
+            ))
+        }
+    };
     let policy = IdentityPolicy {
         cluster_name,
         node_tag: node_tag.to_owned(),
@@ -656,8 +672,15 @@ fn identity_config(
         login_server,
         ephemeral: file.ephemeral.unwrap_or(true),
         key_ttl,
+        go_memory_limit,
         state_dir: state_dir.join("identities"),
     }))
+}
+
+/// A Go `GOMEMLIMIT` value: digits and an optional unit.
+fn is_go_memory_limit(text: &str) -> bool {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    digits > 0 && ["", "B", "KiB", "MiB", "GiB", "TiB"].contains(&&text[digits..])
 }
 
 fn check_url(field: &str, url: &str) -> Result<(), ConfigError> {
@@ -902,6 +925,7 @@ mod tests {
         );
         assert!(identity.ephemeral);
         assert_eq!(identity.key_ttl, Duration::from_secs(600));
+        assert_eq!(identity.go_memory_limit.as_deref(), Some("64MiB"));
         assert_eq!(
             identity.state_dir,
             Path::new("/var/lib/tailroute/identities")
@@ -927,6 +951,10 @@ mod tests {
             (
                 format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\nkey_ttl_seconds = 5\n{ns}"),
                 "60 s to a day",
+            ),
+            (
+                format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\ngo_memory_limit = \"64MB\"\n{ns}"),
+                "units B, KiB",
             ),
             (
                 format!("{MINIMAL}{HEADSCALE}[identity]\nenabled = true\ncluster_name = \"lab\"\nephemerl = true\n{ns}"),

@@ -156,6 +156,7 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         deleted,
     };
     if let (Some(identity), Some(control)) = (&config.identity, &approver) {
+        let identity_wake = Arc::new(Notify::new());
         let agent = std::env::current_exe()
             .map_err(|e| format!("cannot find the agent's own binary (for run-in-pod): {e}"))?;
         let manager = IdentityManager::new(
@@ -165,13 +166,19 @@ async fn run(config: AgentConfig) -> Result<(), String> {
             agent,
             kube.clone(),
             metrics.clone(),
+            identity_wake.clone(),
         );
         tracing::info!(
             namespaces = ?identity.policy.namespaces.keys().collect::<Vec<_>>(),
             dir = %identity.state_dir.display(),
             "per-pod identities enabled"
         );
-        tokio::spawn(identity_loop(manager, kube.clone(), config.clone()));
+        tokio::spawn(identity_loop(
+            Arc::new(manager),
+            identity_wake,
+            kube.clone(),
+            config.clone(),
+        ));
     }
     let reconciler: Reconciler<KernelNetwork, Arc<ControlPlane>> = Reconciler::new(
         config.clone(),
@@ -240,8 +247,12 @@ fn watch_nodes(
 /// the node's pods, every second while one waits or failed, and at every
 /// resync otherwise. Identities already running are adopted by the first
 /// pass, untouched.
-async fn identity_loop(manager: IdentityManager, client: Client, config: Arc<AgentConfig>) {
-    let wake = Arc::new(Notify::new());
+async fn identity_loop(
+    manager: Arc<IdentityManager>,
+    wake: Arc<Notify>,
+    client: Client,
+    config: Arc<AgentConfig>,
+) {
     let (store, writer) = reflector::store::<Pod>();
     let selector = format!("spec.nodeName={}", config.node_name);
     let stream = reflector::reflector(

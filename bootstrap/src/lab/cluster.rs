@@ -879,7 +879,7 @@ pub fn down(tag: &LabTag, state_dir: &Path) -> Result<DownReport, LabError> {
             .map_err(|e| LabError::Setup(format!("list namespaces: {e}")))
     };
     let mut report = DownReport {
-        stray_processes: daemon::stop_processes_in(&list()?, Duration::from_secs(3)),
+        stray_processes: daemon::stop_processes_in(&list()?, state_dir, Duration::from_secs(3)),
         ..DownReport::default()
     };
     let ledger = Ledger::open(state_dir).map_err(|e| LabError::Setup(e.to_string()))?;

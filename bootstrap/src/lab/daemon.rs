@@ -225,9 +225,42 @@ pub fn processes_in(namespaces: &[String]) -> Vec<(u32, String)> {
         .collect()
 }
 
-/// SIGTERM to every process in `namespaces`, then SIGKILL to what is left
-/// after `grace`. Returns how many were signalled.
-pub fn stop_processes_in(namespaces: &[String], grace: Duration) -> usize {
+/// Every tailscaled whose `--statedir` is inside `dir`: the identity pods'
+/// tailscaleds a lab's agents started. They run in pod namespaces that may
+/// be gone from `/run/netns` already (the pod was deleted), so a sweep by
+/// namespace name would miss them.
+pub fn tailscaleds_under(dir: &Path) -> Vec<u32> {
+    let prefix = format!("--statedir={}/", dir.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                c.split(|b| *b == 0)
+                    .any(|arg| arg.starts_with(prefix.as_bytes()))
+            })
+        })
+        .collect()
+}
+
+/// SIGTERM to every process in `namespaces` and every tailscaled kept in
+/// `state_dir`, then SIGKILL to what is left after `grace`. Returns how
+/// many were signalled.
+pub fn stop_processes_in(namespaces: &[String], state_dir: &Path, grace: Duration) -> usize {
+    let processes_in = |namespaces: &[String]| {
+        let mut found = processes_in(namespaces);
+        found.extend(
+            tailscaleds_under(state_dir)
+                .into_iter()
+                .map(|pid| (pid, String::new())),
+        );
+        found.sort();
+        found.dedup_by_key(|(pid, _)| *pid);
+        found
+    };
     let first = processes_in(namespaces);
     for (pid, _) in &first {
         signal(*pid, libc::SIGTERM);

@@ -34,6 +34,9 @@ pub struct Peers {
     pub tailscaled: PathBuf,
     /// The `tailscale` CLI.
     pub tailscale: PathBuf,
+    /// The trimmed `tailscaled` identity pods run (build-peers.sh's
+    /// `tailscale-identity`).
+    pub tailscaled_identity: PathBuf,
     /// `headscale` (server and CLI).
     pub headscale: PathBuf,
     /// `etcd`.
@@ -100,9 +103,26 @@ impl Peers {
         };
         let ts = "TAILSCALE_VERSION";
         let k8s = "KUBERNETES_VERSION";
+        let identity_version = format!(
+            "{}-r{}",
+            version(ts),
+            version("TAILSCALE_IDENTITY_REVISION")
+        );
+        let identity = root
+            .join("peers")
+            .join(format!("tailscale-identity-{identity_version}"))
+            .join("tailscaled");
+        if !identity.is_file() {
+            return Err(MissingPeer {
+                program: "tailscaled (tailscale-identity)",
+                version: identity_version,
+                path: identity,
+            });
+        }
         Ok(Peers {
             tailscaled: find("tailscale", ts, "tailscaled")?,
             tailscale: find("tailscale", ts, "tailscale")?,
+            tailscaled_identity: identity,
             headscale: find("headscale", "HEADSCALE_VERSION", "headscale")?,
             etcd: find("etcd", "ETCD_VERSION", "etcd")?,
             kube_apiserver: find("kubernetes", k8s, "kube-apiserver")?,

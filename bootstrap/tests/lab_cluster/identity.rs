@@ -81,6 +81,68 @@ pub(super) fn identity_pods_are_tailnet_devices_of_their_own(lab: &CliLab) {
     an_agent_restart_leaves_identities_up_and_adds_no_device(lab, &web);
     deleting_the_pod_removes_its_device_within_10_s(lab, &web);
     deleting_the_pod_removes_its_device_within_10_s(lab, &plain);
+    the_agents_cleanup_removes_identities(lab);
+}
+
+/// `tailroute-agent --cleanup` (what `tailroute reset` runs) removes the
+/// node's identities: devices, processes, directories.
+fn the_agents_cleanup_removes_identities(lab: &CliLab) {
+    let applied = Instant::now();
+    lab.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: id-last, namespace: default, \
+             annotations: {tailroute.dev/identity: \"true\"}}\nspec:\n  nodeName: n1\n  \
+             containers: [{name: web, image: lab/builtin-server}]\n",
+        ),
+    );
+    wait_identity_ready(lab, "id-last", applied);
+    let status = lab.status();
+    let ns = status["lab"]["nodes"][0]["namespace"].as_str().expect("ns");
+    assert_eq!(status["lab"]["nodes"][0]["name"], "n1");
+    // Restarted by the test above: found by its configuration, not the
+    // lab's record.
+    let config = format!(
+        "--config={}",
+        lab.state_dir.join("nodes/n1/agent/agent.toml").display()
+    );
+    let agent = tailroute::lab::bench::pids_running("tailroute-agent", &config)
+        .into_iter()
+        .next()
+        .expect("n1's agent runs");
+    let argv = std::fs::read(format!("/proc/{agent}/cmdline")).expect("cmdline");
+    let argv: Vec<String> = argv
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let id = tailroute::lab::process::ProcessId::of(i32::try_from(agent).expect("pid"))
+        .expect("running");
+    tailroute::lab::process::stop(&id, Duration::from_secs(10)).expect("stop the agent");
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns])
+        .args(&argv)
+        .arg("--cleanup")
+        .output()
+        .expect("run --cleanup");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("removed the pod identity lab-default-id-last"),
+        "{said}"
+    );
+    assert!(
+        !headscale_devices(lab)
+            .iter()
+            .any(|(n, _)| n == "lab-default-id-last"),
+        "{:?}",
+        headscale_devices(lab)
+    );
+    assert!(
+        identity_tailscaleds(lab).is_empty(),
+        "{:?}",
+        identity_tailscaleds(lab)
+    );
 }
 
 /// Waits for the pod's `tailroute.dev/identity-ready` condition, then
@@ -159,7 +221,7 @@ fn lab_agent_logs(lab: &CliLab) -> String {
         .map(|n| {
             let log = std::fs::read_to_string(lab.state_dir.join(format!("nodes/{n}/agent.log")))
                 .unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             format!(
                 "--- agent {n}:\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -327,7 +389,7 @@ fn an_agent_restart_leaves_identities_up_and_adds_no_device(lab: &CliLab, pod: &
         .expect("laptop namespace")
         .to_owned();
     let devices_before = headscale_devices(lab);
-    let tailscaled_before = identity_tailscaleds();
+    let tailscaled_before = identity_tailscaleds(lab);
     let dst = *pod.ips.first().expect("an address");
     let listener = common::in_netns(&pod.netns, || {
         std::net::TcpListener::bind(std::net::SocketAddr::new(dst, 5203)).expect("bind")
@@ -388,7 +450,7 @@ fn an_agent_restart_leaves_identities_up_and_adds_no_device(lab: &CliLab, pod: &
     drop(echo);
     assert!(sent > 50, "only {sent} echoes");
     assert_eq!(
-        identity_tailscaleds(),
+        identity_tailscaleds(lab),
         tailscaled_before,
         "the identities' tailscaleds were restarted"
     );
@@ -404,30 +466,20 @@ fn an_agent_restart_leaves_identities_up_and_adds_no_device(lab: &CliLab, pod: &
     ));
 }
 
-/// The identities' tailscaled processes: (pid, state dir).
-fn identity_tailscaleds() -> BTreeSet<(u32, String)> {
-    let mut found = BTreeSet::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if let Some(dir) = text
-            .split(' ')
-            .find_map(|a| a.strip_prefix("--statedir="))
-            .filter(|d| d.contains("/agent/state/identities/"))
-        {
-            found.insert((pid, dir.to_owned()));
-        }
-    }
-    found
+/// This lab's identity tailscaleds: (pid, state dir).
+fn identity_tailscaleds(lab: &CliLab) -> BTreeSet<(u32, String)> {
+    tailroute::lab::daemon::tailscaleds_under(&lab.state_dir)
+        .into_iter()
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let dir = text
+                .split(' ')
+                .find_map(|a| a.strip_prefix("--statedir="))
+                .filter(|d| d.contains("/agent/state/identities/"))?;
+            Some((pid, dir.to_owned()))
+        })
+        .collect()
 }
 
 /// `kubectl delete pod` removes the pod's device from Headscale within
@@ -435,7 +487,7 @@ fn identity_tailscaleds() -> BTreeSet<(u32, String)> {
 fn deleting_the_pod_removes_its_device_within_10_s(lab: &CliLab, pod: &IdentityPod) {
     let device = format!("lab-default-{}", pod.name);
     assert!(headscale_devices(lab).iter().any(|(n, _)| *n == device));
-    let running = identity_tailscaleds().len();
+    let running = identity_tailscaleds(lab).len();
     let started = Instant::now();
     lab.kubectl(&["delete", "pod", pod.name, "--wait=false"], None);
     loop {
@@ -453,7 +505,7 @@ fn deleting_the_pod_removes_its_device_within_10_s(lab: &CliLab, pod: &IdentityP
     let deadline = Instant::now() + Duration::from_secs(10);
     // Its tailscaled stopped and its directory went; the others stay.
     loop {
-        let now = identity_tailscaleds();
+        let now = identity_tailscaleds(lab);
         if now.len() + 1 == running
             && now
                 .iter()

@@ -93,6 +93,8 @@ pub struct Launcher {
     /// The node's `/etc/resolv.conf` text and systemd-resolved's upstream
     /// one, read once ([`super::launch::pod_resolv_conf`]).
     pub resolv_conf: String,
+    /// `GOMEMLIMIT` for tailscaled, if any.
+    pub go_memory_limit: Option<String>,
 }
 
 impl Instance {
@@ -202,7 +204,11 @@ impl Instance {
             .create(true)
             .append(true)
             .open(self.log())?;
-        let child = tokio::process::Command::new(&launcher.agent)
+        let mut command = tokio::process::Command::new(&launcher.agent);
+        if let Some(limit) = &launcher.go_memory_limit {
+            command.env("GOMEMLIMIT", limit);
+        }
+        let child = command
             .args(exec.to_args())
             // Keeps its log configuration here: without it, even with
             // --no-logs-no-support, tailscaled writes /var/lib/tailscale.

@@ -26,6 +26,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::config::IdentityConfig;
 use crate::control::{AuthKeyRequest, ControlPlane};
@@ -83,6 +84,20 @@ pub struct IdentityManager {
     /// Pods whose identity failed: how many times in a row, and when to
     /// try again (so a failing join does not mint a key every second).
     backoff: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Pods whose identity a task is starting or checking.
+    busy: Mutex<HashSet<String>>,
+    /// Each identity pod's last known state, for the metrics.
+    states: Mutex<HashMap<String, State>>,
+    /// Wakes the identity loop when a task ends.
+    wake: Arc<Notify>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Ready,
+    Pending,
+    Failed,
+    Refused,
 }
 
 /// An identity on the tailnet.
@@ -101,6 +116,7 @@ impl IdentityManager {
         agent: PathBuf,
         client: Client,
         metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
     ) -> IdentityManager {
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let resolv_conf = super::launch::pod_resolv_conf(
@@ -111,6 +127,7 @@ impl IdentityManager {
             agent,
             tailscaled: config.tailscaled.clone(),
             resolv_conf,
+            go_memory_limit: config.go_memory_limit.clone(),
         };
         let reporter = Reporter {
             controller: "tailroute-agent".into(),
@@ -127,11 +144,14 @@ impl IdentityManager {
             told: Mutex::new(HashSet::new()),
             timed: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
+            busy: Mutex::new(HashSet::new()),
+            states: Mutex::new(HashMap::new()),
+            wake,
         }
     }
 
     /// One pass over this node's pods (as the watch holds them).
-    pub async fn reconcile(&self, pods: &[Pod]) -> PassSummary {
+    pub async fn reconcile(self: &Arc<Self>, pods: &[Pod]) -> PassSummary {
         let views: Vec<PodView> = pods.iter().map(pod_view).collect();
         let attachments = tailroute_bridge::ipam::store::read_attachments(
             &self.bridge_data_dir,
@@ -157,19 +177,58 @@ impl IdentityManager {
             .filter_map(|p| Some((p.metadata.uid.as_deref()?, p)))
             .collect();
         let steps = plan(&self.config.policy, &views, &attachments, &instances);
-        let outcomes: Vec<Outcome> = futures::stream::iter(steps)
-            .map(|step| self.carry_out(step, &instances, &by_uid))
+        let mut inline = Vec::new();
+        for step in steps {
+            match step {
+                Step::Ensure { pod, grant, netns } => {
+                    // Each pod's start or check is a task of its own: a
+                    // slow join never holds up another pod or a removal.
+                    if !self.claim(&pod.uid) {
+                        continue;
+                    }
+                    if self.backing_off(&pod.uid) {
+                        self.release(&pod.uid);
+                        continue;
+                    }
+                    let existing = instances
+                        .iter()
+                        .find(|i| i.record.pod_uid == pod.uid)
+                        .cloned();
+                    let obj = by_uid.get(pod.uid.as_str()).map(|p| (*p).clone());
+                    self.set_state(&pod.uid, State::Pending, false);
+                    let me = Arc::clone(self);
+                    tokio::spawn(async move {
+                        let uid = pod.uid.clone();
+                        me.ensure_and_report(pod, grant, netns, existing, obj).await;
+                        me.release(&uid);
+                        me.wake.notify_one();
+                    });
+                }
+                // Never under a running start: the next pass removes it.
+                Step::Remove { ref instance, .. } if self.in_flight(&instance.record.pod_uid) => {}
+                other => inline.push(other),
+            }
+        }
+        let removed = futures::stream::iter(inline)
+            .map(|step| self.carry_out(step, &by_uid))
             .buffer_unordered(PARALLEL)
-            .collect()
+            .filter(|removed| futures::future::ready(*removed))
+            .count()
             .await;
-        let mut summary = PassSummary::default();
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Ready => summary.ready += 1,
-                Outcome::Pending => summary.pending += 1,
-                Outcome::Failed => summary.failed += 1,
-                Outcome::Refused => summary.refused += 1,
-                Outcome::Removed => summary.removed += 1,
+        let present: HashSet<&str> = by_uid.keys().copied().collect();
+        let mut summary = PassSummary {
+            removed,
+            ..PassSummary::default()
+        };
+        if let Ok(mut states) = self.states.lock() {
+            states.retain(|uid, _| present.contains(uid.as_str()));
+            for state in states.values() {
+                match state {
+                    State::Ready => summary.ready += 1,
+                    State::Pending => summary.pending += 1,
+                    State::Failed => summary.failed += 1,
+                    State::Refused => summary.refused += 1,
+                }
             }
         }
         for (state, count) in [
@@ -188,75 +247,59 @@ impl IdentityManager {
         summary
     }
 
-    /// Stops every identity on the node and removes its device (the
-    /// agent's `--cleanup`, `tailroute reset`). Returns what was done.
-    pub async fn remove_all(&self) -> Vec<String> {
-        let (instances, broken) = Instance::list(&self.config.state_dir).unwrap_or_default();
-        let mut done = Vec::new();
-        for instance in instances {
-            let name = instance.record.hostname.clone();
-            match self.remove(instance).await {
-                Ok(()) => done.push(format!("removed identity {name}")),
-                Err(e) => done.push(format!("identity {name}: {e}")),
+    /// Starts, adopts or checks one pod's identity and reports on the pod.
+    async fn ensure_and_report(
+        &self,
+        pod: PodView,
+        grant: Grant,
+        netns: PathBuf,
+        existing: Option<Instance>,
+        obj: Option<Pod>,
+    ) {
+        let started = Instant::now();
+        let result = self.ensure(&pod, &grant, &netns, existing).await;
+        self.note_result(&pod.uid, result.is_ok());
+        match result {
+            Ok(joined) => {
+                if joined.fresh {
+                    tracing::info!(
+                        pod = %format!("{}/{}", pod.namespace, pod.name),
+                        ips = ?joined.record.ips,
+                        name = %joined.record.dns_name,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "identity ready"
+                    );
+                }
+                self.set_state(&pod.uid, State::Ready, true);
+                if let Some(obj) = &obj {
+                    self.report_ready(obj, &joined.record).await;
+                }
+            }
+            Err(message) => {
+                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "{message}");
+                self.count("failed");
+                self.set_state(&pod.uid, State::Failed, true);
+                if let Some(obj) = &obj {
+                    self.report_problem(obj, "IdentityFailed", &message).await;
+                }
             }
         }
-        for dir in broken {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        done
     }
 
-    async fn carry_out(
-        &self,
-        step: Step,
-        instances: &[Instance],
-        pods: &BTreeMap<&str, &Pod>,
-    ) -> Outcome {
+    /// Carries out a refusal, a wait or a removal; true when an identity
+    /// was removed.
+    async fn carry_out(&self, step: Step, pods: &BTreeMap<&str, &Pod>) -> bool {
         match step {
-            Step::Ensure { pod, grant, netns } => {
-                let existing = instances
-                    .iter()
-                    .find(|i| i.record.pod_uid == pod.uid)
-                    .cloned();
-                let started = Instant::now();
-                if self.backing_off(&pod.uid) {
-                    return Outcome::Failed;
-                }
-                let result = self.ensure(&pod, &grant, &netns, existing).await;
-                self.note_result(&pod.uid, result.is_ok());
-                match result {
-                    Ok(joined) => {
-                        if joined.fresh {
-                            tracing::info!(
-                                pod = %format!("{}/{}", pod.namespace, pod.name),
-                                ips = ?joined.record.ips,
-                                name = %joined.record.dns_name,
-                                seconds = started.elapsed().as_secs_f64(),
-                                "identity ready"
-                            );
-                        }
-                        if let Some(obj) = pods.get(pod.uid.as_str()) {
-                            self.report_ready(obj, &joined.record).await;
-                        }
-                        Outcome::Ready
-                    }
-                    Err(message) => {
-                        tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "{message}");
-                        self.count("failed");
-                        if let Some(obj) = pods.get(pod.uid.as_str()) {
-                            self.report_problem(obj, "IdentityFailed", &message).await;
-                        }
-                        Outcome::Failed
-                    }
-                }
-            }
+            Step::Ensure { .. } => false,
             Step::Refuse { pod, refusal } => {
+                self.set_state(&pod.uid, State::Refused, true);
                 if let Some(obj) = pods.get(pod.uid.as_str()) {
                     self.report_refusal(obj, &refusal).await;
                 }
-                Outcome::Refused
+                false
             }
             Step::Wait { pod } => {
+                self.set_state(&pod.uid, State::Pending, true);
                 if let Some(obj) = pods.get(pod.uid.as_str()) {
                     self.set_condition(
                         obj,
@@ -266,7 +309,7 @@ impl IdentityManager {
                     )
                     .await;
                 }
-                Outcome::Pending
+                false
             }
             Step::Remove { instance, why } => {
                 let name = instance.record.hostname.clone();
@@ -274,13 +317,41 @@ impl IdentityManager {
                 match self.remove(instance).await {
                     Ok(()) => {
                         tracing::info!(%pod, device = %name, "identity removed: {why}");
-                        Outcome::Removed
+                        true
                     }
                     Err(e) => {
                         tracing::warn!(%pod, device = %name, "cannot remove the identity ({why}): {e}; retrying");
-                        Outcome::Failed
+                        false
                     }
                 }
+            }
+        }
+    }
+
+    /// Marks a pod's identity as being worked on; false when it already is.
+    fn claim(&self, uid: &str) -> bool {
+        self.busy
+            .lock()
+            .map(|mut b| b.insert(uid.to_owned()))
+            .unwrap_or(false)
+    }
+
+    fn release(&self, uid: &str) {
+        if let Ok(mut b) = self.busy.lock() {
+            b.remove(uid);
+        }
+    }
+
+    fn in_flight(&self, uid: &str) -> bool {
+        self.busy.lock().map(|b| b.contains(uid)).unwrap_or(true)
+    }
+
+    /// Records a pod's state; `overwrite` false keeps a known one (a check
+    /// of a ready identity does not make it pending).
+    fn set_state(&self, uid: &str, state: State, overwrite: bool) {
+        if let Ok(mut states) = self.states.lock() {
+            if overwrite || !states.contains_key(uid) {
+                states.insert(uid.to_owned(), state);
             }
         }
     }
@@ -492,27 +563,14 @@ impl IdentityManager {
     /// tailnet sees. When the control plane cannot be reached, tailscaled
     /// is still stopped (the pod is gone) and the directory kept, so the
     /// next pass retries the removal.
-    async fn remove(&self, mut instance: Instance) -> Result<(), String> {
-        let deleted = match instance.record.device_id.clone() {
-            Some(id) => self.control.delete_device_by_id(&id).await,
-            None => Ok(()),
-        };
-        instance.stop(STOP_GRACE).await;
-        match deleted {
-            Ok(()) => {
-                instance
-                    .remove()
-                    .map_err(|e| format!("cannot remove its directory: {e}"))?;
-                self.count("removed");
-                Ok(())
-            }
-            Err(e) => {
-                self.count("remove_failed");
-                Err(format!(
-                    "cannot remove its device from the control plane: {e}"
-                ))
-            }
-        }
+    async fn remove(&self, instance: Instance) -> Result<(), String> {
+        let result = teardown(instance, Some(&self.control)).await;
+        self.count(if result.is_ok() {
+            "removed"
+        } else {
+            "remove_failed"
+        });
+        result
     }
 
     async fn report_ready(&self, pod: &Pod, record: &IdentityRecord) {
@@ -703,12 +761,35 @@ impl IdentityManager {
     }
 }
 
-enum Outcome {
-    Ready,
-    Pending,
-    Failed,
-    Refused,
-    Removed,
+/// Removes one identity: its device (through the control plane's API when
+/// there is a credential, else by logging the device out through its own
+/// LocalAPI, which removes an ephemeral device at once), its tailscaled,
+/// its directory. The device goes first: it is what the tailnet sees. When
+/// it cannot be removed, tailscaled is still stopped (its pod is gone) and
+/// the directory kept, so that a retry can finish the job.
+pub async fn teardown(
+    mut instance: Instance,
+    control: Option<&ControlPlane>,
+) -> Result<(), String> {
+    let deleted = match (control, instance.record.device_id.clone()) {
+        (Some(control), Some(id)) => control
+            .delete_device_by_id(&id)
+            .await
+            .map_err(|e| format!("cannot remove its device from the control plane: {e}")),
+        _ if instance.is_running() => LocalApiClient::new(instance.socket())
+            .with_timeout(Duration::from_secs(5))
+            .logout()
+            .await
+            .map_err(|e| format!("cannot log its device out: {e}")),
+        // Never joined, or not running and no credential: an ephemeral
+        // device expires on its own once offline.
+        _ => Ok(()),
+    };
+    instance.stop(STOP_GRACE).await;
+    deleted?;
+    instance
+        .remove()
+        .map_err(|e| format!("cannot remove its directory: {e}"))
 }
 
 /// What identities need of a Pod.

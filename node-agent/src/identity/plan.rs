@@ -116,6 +116,12 @@ pub fn plan(
             }
         };
         match netns_of(&pod.uid) {
+            // Being deleted, network still there: the identity serves until
+            // the network goes, but is never (re)started for a pod on its
+            // way out.
+            Some(_) if pod.terminating => {
+                keep.insert(pod.uid.clone());
+            }
             Some(netns) => {
                 keep.insert(pod.uid.clone());
                 steps.push(Step::Ensure {
@@ -301,7 +307,6 @@ mod tests {
             kinds(&steps),
             [
                 "wait a",
-                "ensure c /run/netns/c",
                 "remove b (the pod is being deleted and its network is gone)",
                 "remove d (the pod finished)",
                 "remove e (the pod no longer has (or may no longer have) an identity)",

@@ -157,15 +157,35 @@ impl LocalApiClient {
         body: Option<Vec<u8>>,
     ) -> Result<T, LocalApiError> {
         let request = describe(&method, path);
+        let body = self.call_raw(method, path, body).await?;
+        serde_json::from_slice(&body).map_err(|e| LocalApiError::json(request, e, &body))
+    }
+
+    /// One request; the body of a 2xx answer, undecoded.
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, LocalApiError> {
+        let request = describe(&method, path);
         let exchange = async {
             let (response, _connection) = self.send(method, path, body).await?;
             let response = self.expect_ok(&request, response).await?;
             read_body(&request, response.into_body()).await
         };
-        let body = tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| self.timed_out(&request))??;
-        serde_json::from_slice(&body).map_err(|e| LocalApiError::json(request, e, &body))
+            .map_err(|_| self.timed_out(&request))?
+    }
+
+    /// Logs the node out (`POST /localapi/v0/logout`): its node key is
+    /// expired, and an ephemeral device is removed from the tailnet at
+    /// once, with no API credential.
+    pub async fn logout(&self) -> Result<(), LocalApiError> {
+        self.call_raw(Method::POST, "/localapi/v0/logout", None)
+            .await
+            .map(drop)
     }
 
     /// Connects, sends one request, and returns the response head with the
