@@ -643,15 +643,7 @@ fn report_figures(lab: &CliLab, label: &str) {
         "lab [{label}] rss at rest: {:<28} {total:7.1} MiB",
         "total"
     ));
-    let text = lines.join("\n") + "\n";
-    print!("{text}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("lab-figures.txt");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .expect("open figures file");
-    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write figures");
+    record_figure(&lines.join("\n"));
 }
 
 #[test]
@@ -1326,8 +1318,29 @@ fn an_agent_restart_does_not_interrupt_pod_traffic(lab: &CliLab, pods: &[LabPod]
     let server = pods.iter().find(|p| p.node == "n2").expect("a pod on n2");
     let client = pods.iter().find(|p| p.node == "n1").expect("a pod on n1");
     let dst = *server.ips.first().expect("ip");
-    let listener = common::in_netns(&server.netns, || {
-        std::net::TcpListener::bind(std::net::SocketAddr::new(dst, 5202)).expect("bind")
+    let (sent, worst) = echoes_across(&server.netns, dst, 5202, &client.netns, || {
+        restart_agents(lab, &status, &["n1", "n2"]);
+        // The restarted agents find everything in place and change nothing.
+        std::thread::sleep(Duration::from_secs(4));
+    });
+    println!("agent restart: {sent} echoes across the restart, slowest {worst:?}");
+    assert!(sent > 50, "{sent}");
+    every_node_is_up(lab);
+}
+
+/// Echoes 64-byte messages every 50 ms over one TCP connection from
+/// `client_ns` to `dst:port` (served in `server_ns`) while `during` runs;
+/// each echo must come back within 1 s. Returns how many came back and
+/// the slowest.
+fn echoes_across(
+    server_ns: &str,
+    dst: IpAddr,
+    port: u16,
+    client_ns: &str,
+    during: impl FnOnce(),
+) -> (u32, Duration) {
+    let listener = common::in_netns(server_ns, || {
+        std::net::TcpListener::bind(std::net::SocketAddr::new(dst, port)).expect("bind")
     });
     let echo = std::thread::spawn(move || {
         use std::io::{Read, Write};
@@ -1339,9 +1352,9 @@ fn an_agent_restart_does_not_interrupt_pod_traffic(lab: &CliLab, pods: &[LabPod]
             }
         }
     });
-    let mut stream = common::in_netns(&client.netns, || {
+    let mut stream = common::in_netns(client_ns, || {
         std::net::TcpStream::connect_timeout(
-            &std::net::SocketAddr::new(dst, 5202),
+            &std::net::SocketAddr::new(dst, port),
             Duration::from_secs(5),
         )
         .expect("connect")
@@ -1370,20 +1383,27 @@ fn an_agent_restart_does_not_interrupt_pod_traffic(lab: &CliLab, pods: &[LabPod]
         })
     };
     std::thread::sleep(Duration::from_secs(1));
-    for (i, node) in ["n1", "n2"].iter().enumerate() {
-        let ns = status["lab"]["nodes"][i]["namespace"].as_str().expect("ns");
+    during();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let result = talker.join().expect("the stream was interrupted");
+    drop(echo);
+    result
+}
+
+/// Stops and starts the agents of `nodes` as the lab started them.
+fn restart_agents(lab: &CliLab, status: &Value, nodes: &[&str]) {
+    for node in nodes {
+        let ns = status["lab"]["nodes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["name"] == *node)
+            .and_then(|n| n["namespace"].as_str())
+            .expect("the node's namespace");
         let pid = lab_process(lab, &format!("agent {node}"));
         let log = lab.state_dir.join(format!("nodes/{node}/agent.log"));
         restart_in(ns, pid, &log, tailroute::lab::daemon::Entry::Setns);
     }
-    // The restarted agents find everything in place and change nothing.
-    std::thread::sleep(Duration::from_secs(4));
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, worst) = talker.join().expect("the stream was interrupted");
-    drop(echo);
-    println!("agent restart: {sent} echoes across the restart, slowest {worst:?}");
-    assert!(sent > 50, "{sent}");
-    every_node_is_up(lab);
 }
 
 /// Restarting tailscaled on n2: every pod reaches every other again

@@ -160,25 +160,26 @@ async fn run(config: AgentConfig) -> Result<(), String> {
         let agent = std::env::current_exe()
             .map_err(|e| format!("cannot find the agent's own binary (for run-in-pod): {e}"))?;
         let manager = IdentityManager::new(
-            identity.clone(),
-            config.bridge_data_dir.clone(),
+            &config,
             control.clone(),
             agent,
             kube.clone(),
             metrics.clone(),
             identity_wake.clone(),
         );
-        tracing::info!(
-            namespaces = ?identity.policy.namespaces.keys().collect::<Vec<_>>(),
-            dir = %identity.state_dir.display(),
-            "per-pod identities enabled"
-        );
-        tokio::spawn(identity_loop(
-            Arc::new(manager),
-            identity_wake,
-            kube.clone(),
-            config.clone(),
-        ));
+        if let Some(manager) = manager {
+            tracing::info!(
+                namespaces = ?identity.policy.namespaces.keys().collect::<Vec<_>>(),
+                dir = %identity.state_dir.display(),
+                "per-pod identities enabled"
+            );
+            tokio::spawn(identity_loop(
+                Arc::new(manager),
+                identity_wake,
+                kube.clone(),
+                config.clone(),
+            ));
+        }
     }
     let reconciler: Reconciler<KernelNetwork, Arc<ControlPlane>> = Reconciler::new(
         config.clone(),

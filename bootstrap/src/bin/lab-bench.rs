@@ -45,6 +45,9 @@ struct Args {
     /// Pods on n1 for the at-rest figures.
     #[arg(long, default_value_t = 50)]
     rest_pods: usize,
+    /// Identity pods on n2 for the per-pod identity figures.
+    #[arg(long, default_value_t = 20)]
+    identity_pods: usize,
     /// Seconds to wait once they run, and the length of the CPU window.
     #[arg(long, default_value_t = 30)]
     rest_seconds: u64,
@@ -229,13 +232,13 @@ fn run(args: &Args) -> Result<String, String> {
     let others_before = bench::other_labs(&args.name);
     let started = Instant::now();
 
-    step("lab up: flat, 3 nodes, --approval api");
+    step("lab up: flat, 3 nodes, --approval api, a laptop");
     let child = {
         let mut state = cleanup();
         state.lab = Some((tag.clone(), state_dir.clone()));
         let child = Command::new(&tailroute)
             .args(["lab", "up", "--nodes", "3", "--topology", "flat"])
-            .args(["--approval", "api", "--name", &args.name])
+            .args(["--approval", "api", "--laptop", "--name", &args.name])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -282,6 +285,7 @@ fn run(args: &Args) -> Result<String, String> {
         &pod("bench-n2-a")?,
     )?);
     figures.push(convergence(args, &info, &state_dir, &headscale, &pods)?);
+    figures.extend(identities(args, &info, &state_dir, &pod("bench-n2-a")?)?);
     figures.extend(at_rest(args, &info, &state_dir)?);
 
     let pressure_after = bench::cpu_pressure();
@@ -612,4 +616,162 @@ fn at_rest(args: &Args, info: &LabInfo, state_dir: &Path) -> Result<Vec<Figure>,
             target: "-".into(),
         },
     ])
+}
+
+/// Per-pod identities: `--identity-pods` pods asking for one, created at
+/// once on n2. Time to identity-ready (against the time to Running, the
+/// same pods without the identity); PSS per identity tailscaled at rest
+/// (against the node's own tailscaled); pod -> laptop throughput through
+/// the pod's identity (against a plain pod on the same node through the
+/// node's subnet route).
+fn identities(
+    args: &Args,
+    info: &LabInfo,
+    state_dir: &Path,
+    plain: &BenchPod,
+) -> Result<Vec<Figure>, String> {
+    let n = args.identity_pods;
+    let laptop = info.laptop.as_ref().ok_or("the lab has no laptop")?;
+    let laptop_ip = *laptop
+        .tailnet_ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .ok_or("the laptop has no IPv4 tailnet address")?;
+    let pods: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("bench-id-{i}"), "n2".to_owned()))
+        .collect();
+    step(&format!("{n} identity pods on n2"));
+    let started = Instant::now();
+    bench::create_pods(info, state_dir, "identity", &pods)?;
+    let (mut running, mut ready) = (Vec::new(), Vec::new());
+    let mut seen_running = std::collections::BTreeSet::new();
+    let mut seen_ready = std::collections::BTreeSet::new();
+    while seen_ready.len() < n {
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(format!(
+                "{} of {n} identities ready after 300 s",
+                seen_ready.len()
+            ));
+        }
+        let json = info
+            .kubectl(&[
+                "get",
+                "pods",
+                "-l",
+                "tailroute-bench=identity",
+                "-o",
+                "json",
+            ])
+            .map_err(|e| e.to_string())?;
+        let list: serde_json::Value = serde_json::from_str(&json).map_err(|e| e.to_string())?;
+        let secs = started.elapsed().as_secs_f64();
+        for pod in list["items"].as_array().into_iter().flatten() {
+            let name = pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let conditions = pod["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let is_true = |kind: &str| {
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == kind && c["status"] == "True")
+            };
+            if pod["status"]["phase"] == "Running" && seen_running.insert(name.clone()) {
+                running.push(secs);
+            }
+            if is_true("tailroute.dev/identity-ready") && seen_ready.insert(name) {
+                ready.push(secs);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let last = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    step(&format!(
+        "{n} identities ready; at rest for {} s",
+        args.rest_seconds
+    ));
+    std::thread::sleep(Duration::from_secs(args.rest_seconds));
+    let tailscaleds = tailroute::lab::daemon::tailscaleds_under(state_dir)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).contains("nodes/n2/agent/state/identities/")
+            })
+        })
+        .collect::<Vec<_>>();
+    if tailscaleds.len() != n {
+        return Err(format!(
+            "{} identity tailscaleds on n2, expected {n}",
+            tailscaleds.len()
+        ));
+    }
+    let pss: Vec<f64> = tailscaleds
+        .iter()
+        .filter_map(|pid| bench::pss_kib(*pid))
+        .map(|kib| kib as f64 / 1024.0)
+        .collect();
+    let node_tailscaled = cluster::processes(state_dir)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .find(|(what, _, rss)| what == "tailscaled n2" && rss.is_some())
+        .map(|(_, pid, _)| pid)
+        .ok_or("tailscaled of n2 does not run")?;
+    let node_pss = bench::pss_kib(node_tailscaled).unwrap_or(0) as f64 / 1024.0;
+    let pss_median = bench::median(&pss).unwrap_or(0.0);
+    let pss_total: f64 = pss.iter().sum();
+
+    // Throughput to the laptop: through one identity, against a plain pod
+    // on the same node through the node's subnet route (masqueraded to the
+    // node's tailnet address). The identity's run must cross its own
+    // tailscale0.
+    let id_pod = bench::wait_running(info, "identity", n, Duration::from_secs(30))?
+        .into_iter()
+        .next()
+        .ok_or("no identity pod")?;
+    let _server = IperfServer::start(&laptop.namespace, 5201)?;
+    let (through_identity, through_route) = iperf_pair(
+        args.iperf_rounds,
+        args.iperf_seconds,
+        (&id_pod.netns, laptop_ip),
+        (&plain.netns, laptop_ip),
+        Some((&id_pod.netns, "tailscale0")),
+    )?;
+    let mut figures = vec![
+        Figure {
+            what: format!("identity ready, {n} pods created at once on n2"),
+            value: format!(
+                "median {:.1} s, last {:.1} s after kubectl apply",
+                bench::median(&ready).unwrap_or(0.0),
+                last(&ready)
+            ),
+            reference: format!(
+                "Running: median {:.1} s, last {:.1} s",
+                bench::median(&running).unwrap_or(0.0),
+                last(&running)
+            ),
+            ratio: "-".into(),
+            target: "-".into(),
+        },
+        Figure {
+            what: format!("PSS per identity tailscaled, {n} on n2, at rest"),
+            value: format!("median {pss_median:.1} MiB (all {n}: {pss_total:.0} MiB)"),
+            reference: format!("tailscaled n2 (stock): {node_pss:.1} MiB"),
+            ratio: format!("{:.2}", pss_median / node_pss.max(0.1)),
+            target: format!(
+                "<= 20 MB: {}",
+                bench::verdict(pss_median * 1024.0 * 1024.0 <= 20e6)
+            ),
+        },
+    ];
+    figures.push(mbps_figure(
+        "pod -> laptop through the pod's identity",
+        "plain pod through the node's route",
+        &through_identity,
+        &through_route,
+        None,
+    ));
+    Ok(figures)
 }

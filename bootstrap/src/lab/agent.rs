@@ -39,7 +39,8 @@ subjects:
 /// How the lab's pod routes get approved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Approval {
-    /// The agents approve through Headscale's API with a key the lab mints.
+    /// The agents approve through Headscale's API with a key the lab mints
+    /// (and, with it, give pods in `default` that ask a tailnet identity).
     Api,
     /// Headscale's policy auto-approves the cluster's pod CIDRs for
     /// `tag:k8s-node`; the agents only detect it.

@@ -53,7 +53,29 @@ pub fn pod_manifest(set: &str, pods: &[(String, String)]) -> String {
         .collect()
 }
 
-/// Creates `pods` (`(name, node)`) as set `set`. The manifest goes to a file
+/// [`pod_manifest`] for pods that ask for a tailnet identity of their own.
+pub fn identity_pod_manifest(set: &str, pods: &[(String, String)]) -> String {
+    pod_manifest(set, pods).replace(
+        "namespace: default, labels:",
+        "namespace: default, annotations: {tailroute.dev/identity: \"true\"}, labels:",
+    )
+}
+
+/// A process's proportional set size in KiB (`/proc/PID/smaps_rollup`):
+/// shared pages (the program text of many instances of one binary) are
+/// split between the processes sharing them, so a sum over them is honest.
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Creates `pods` (`(name, node)`) as set `set` (a set named `identity...`
+/// asks for identities). The manifest goes to a file
 /// in the lab's state directory, which `lab down` removes with the rest.
 pub fn create_pods(
     info: &LabInfo,
@@ -62,8 +84,12 @@ pub fn create_pods(
     pods: &[(String, String)],
 ) -> Result<(), String> {
     let file = state_dir.join(format!("bench-pods-{set}.yaml"));
-    std::fs::write(&file, pod_manifest(set, pods))
-        .map_err(|e| format!("write {}: {e}", file.display()))?;
+    let manifest = if set.starts_with("identity") {
+        identity_pod_manifest(set, pods)
+    } else {
+        pod_manifest(set, pods)
+    };
+    std::fs::write(&file, manifest).map_err(|e| format!("write {}: {e}", file.display()))?;
     info.kubectl(&["apply", "-f", &file.display().to_string()])
         .map(drop)
         .map_err(|e| e.to_string())

@@ -28,7 +28,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use crate::config::IdentityConfig;
+use crate::config::{AgentConfig, IdentityConfig};
 use crate::control::{AuthKeyRequest, ControlPlane};
 use crate::localapi::{BackendState, LocalApiClient, Status};
 use crate::metrics::{KindLabel, Metrics};
@@ -74,6 +74,8 @@ pub struct IdentityManager {
     bridge_data_dir: PathBuf,
     control: Arc<ControlPlane>,
     launcher: Launcher,
+    /// The conflist the agent writes: the pods' MTU is read from it.
+    conflist: PathBuf,
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -107,17 +109,19 @@ struct Joined {
 }
 
 impl IdentityManager {
-    /// A manager for this node's identities; `agent` is the agent binary
-    /// (for `run-in-pod`).
+    /// A manager for this node's identities, when the agent's configuration
+    /// enables them; `agent` is the agent binary (for `run-in-pod`).
     pub fn new(
-        config: IdentityConfig,
-        bridge_data_dir: PathBuf,
+        agent_config: &AgentConfig,
         control: Arc<ControlPlane>,
         agent: PathBuf,
         client: Client,
         metrics: Arc<Metrics>,
         wake: Arc<Notify>,
-    ) -> IdentityManager {
+    ) -> Option<IdentityManager> {
+        let config = agent_config.identity.clone()?;
+        let bridge_data_dir = agent_config.bridge_data_dir.clone();
+        let conflist = agent_config.conflist_path();
         let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
         let resolv_conf = super::launch::pod_resolv_conf(
             &read("/etc/resolv.conf"),
@@ -128,16 +132,18 @@ impl IdentityManager {
             tailscaled: config.tailscaled.clone(),
             resolv_conf,
             go_memory_limit: config.go_memory_limit.clone(),
+            pod_mtu: 1280,
         };
         let reporter = Reporter {
             controller: "tailroute-agent".into(),
             instance: None,
         };
-        IdentityManager {
+        Some(IdentityManager {
             config,
             bridge_data_dir,
             control,
             launcher,
+            conflist,
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
@@ -147,7 +153,7 @@ impl IdentityManager {
             busy: Mutex::new(HashSet::new()),
             states: Mutex::new(HashMap::new()),
             wake,
-        }
+        })
     }
 
     /// One pass over this node's pods (as the watch holds them).
@@ -180,7 +186,12 @@ impl IdentityManager {
         let mut inline = Vec::new();
         for step in steps {
             match step {
-                Step::Ensure { pod, grant, netns } => {
+                Step::Ensure {
+                    pod,
+                    grant,
+                    netns,
+                    link,
+                } => {
                     // Each pod's start or check is a task of its own: a
                     // slow join never holds up another pod or a removal.
                     if !self.claim(&pod.uid) {
@@ -199,7 +210,8 @@ impl IdentityManager {
                     let me = Arc::clone(self);
                     tokio::spawn(async move {
                         let uid = pod.uid.clone();
-                        me.ensure_and_report(pod, grant, netns, existing, obj).await;
+                        me.ensure_and_report(pod, grant, (netns, link), existing, obj)
+                            .await;
                         me.release(&uid);
                         me.wake.notify_one();
                     });
@@ -252,12 +264,12 @@ impl IdentityManager {
         &self,
         pod: PodView,
         grant: Grant,
-        netns: PathBuf,
+        (netns, link): (PathBuf, (String, String)),
         existing: Option<Instance>,
         obj: Option<Pod>,
     ) {
         let started = Instant::now();
-        let result = self.ensure(&pod, &grant, &netns, existing).await;
+        let result = self.ensure(&pod, &grant, &netns, &link, existing).await;
         self.note_result(&pod.uid, result.is_ok());
         match result {
             Ok(joined) => {
@@ -362,6 +374,7 @@ impl IdentityManager {
         pod: &PodView,
         grant: &Grant,
         netns: &Path,
+        link: &(String, String),
         existing: Option<Instance>,
     ) -> Result<Joined, String> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
@@ -417,8 +430,18 @@ impl IdentityManager {
             }
         } else {
             let adopted_before = instance.record.pid.is_some();
+            // The pods' MTU as the agent wrote it into the conflist, read
+            // at each start: it follows the node's tailscale0.
+            let launcher = Launcher {
+                pod_mtu: conflist_mtu(&self.conflist).unwrap_or(1280),
+                ..self.launcher.clone()
+            };
             instance
-                .start(&self.launcher)
+                .widen_link(&launcher, link)
+                .await
+                .map_err(|e| fail("cannot make room for WireGuard on the pod's interface", &e))?;
+            instance
+                .start(&launcher)
                 .map_err(|e| fail("cannot start tailscaled in the pod", &e))?;
             self.count(if adopted_before {
                 "restarted"
@@ -869,4 +892,13 @@ fn tail(path: &Path) -> String {
     let lines: Vec<&str> = text.lines().collect();
     let start = lines.len().saturating_sub(5);
     lines[start..].join(" | ")
+}
+
+/// The `mtu` of the first plugin in a conflist.
+fn conflist_mtu(path: &Path) -> Option<u32> {
+    let text = std::fs::read(path).ok()?;
+    let conflist: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    conflist["plugins"][0]["mtu"]
+        .as_u64()
+        .and_then(|m| u32::try_from(m).ok())
 }

@@ -40,6 +40,8 @@ pub enum Step {
         grant: Grant,
         /// Its network namespace (from its attachment record).
         netns: PathBuf,
+        /// Its interface in that namespace, and the host end of its veth.
+        link: (String, String),
     },
     /// The pod asked and may not: say why, on the pod.
     Refuse {
@@ -75,7 +77,7 @@ pub fn plan(
         attachments
             .iter()
             .filter(|a| a.pod.as_ref().and_then(|p| p.uid.as_deref()) == Some(uid))
-            .find_map(|a| a.netns.clone())
+            .find_map(|a| Some((a.netns.clone()?, (a.ifname.clone(), a.host_veth.clone()))))
     };
     let mut steps = Vec::new();
     let mut keep = BTreeSet::new();
@@ -122,12 +124,13 @@ pub fn plan(
             Some(_) if pod.terminating => {
                 keep.insert(pod.uid.clone());
             }
-            Some(netns) => {
+            Some((netns, link)) => {
                 keep.insert(pod.uid.clone());
                 steps.push(Step::Ensure {
                     pod: pod.clone(),
                     grant,
                     netns,
+                    link,
                 });
             }
             // Its sandbox is gone and it is being deleted: it will not
