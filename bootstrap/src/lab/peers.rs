@@ -103,6 +103,10 @@ impl Peers {
         };
         let ts = "TAILSCALE_VERSION";
         let k8s = "KUBERNETES_VERSION";
+        // The stock tailscale first: a cache without it lacks everything,
+        // and that is the first thing to say.
+        let tailscaled = find("tailscale", ts, "tailscaled")?;
+        let tailscale = find("tailscale", ts, "tailscale")?;
         let identity_version = format!(
             "{}-r{}",
             version(ts),
@@ -120,8 +124,8 @@ impl Peers {
             });
         }
         Ok(Peers {
-            tailscaled: find("tailscale", ts, "tailscaled")?,
-            tailscale: find("tailscale", ts, "tailscale")?,
+            tailscaled,
+            tailscale,
             tailscaled_identity: identity,
             headscale: find("headscale", "HEADSCALE_VERSION", "headscale")?,
             etcd: find("etcd", "ETCD_VERSION", "etcd")?,
