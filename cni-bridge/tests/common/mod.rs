@@ -198,15 +198,23 @@ impl Node {
         eventually("every host veth deleted", || self.host_veths().is_empty());
     }
 
-    /// Host veths that are up (DEL must never leave one up).
+    /// Host veths that are up (DEL must never leave one up). A veth that
+    /// vanishes between the listing and the look (DEL hands the kernel's
+    /// slow link deletion to a detached process) is not up.
     pub fn up_host_veths(&self) -> Vec<String> {
         self.host_veths()
             .into_iter()
-            .filter(|v| {
-                link_details(&self.ns, v)["flags"]
-                    .as_array()
-                    .is_some_and(|f| f.contains(&json!("UP")))
-            })
+            .filter(
+                |v| match self.ns.ip_json(&["-d", "link", "show", "dev", v]) {
+                    Ok(links) => links[0]["flags"]
+                        .as_array()
+                        .is_some_and(|f| f.contains(&json!("UP"))),
+                    Err(e) => {
+                        assert!(!self.host_veths().contains(v), "ip link {v}: {e}");
+                        false
+                    }
+                },
+            )
             .collect()
     }
 }
