@@ -613,7 +613,8 @@ fn identity_config(
     let login_server = match (approval, file.login_server) {
         (ApprovalConfig::DetectOnly, _) => {
             return invalid(
-                "identity.enabled needs a control-plane credential to mint a key per pod: set                  approval.control and its credential (see docs/per-pod-identity.md)"
+                "identity.enabled needs a control-plane credential to mint a key per pod: set \
+                 approval.control and its credential (see docs/per-pod-identity.md)"
                     .to_owned(),
             )
         }
@@ -632,19 +633,22 @@ fn identity_config(
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     {
         return invalid(format!(
-            "identity.cluster_name = {cluster_name:?}: give a short name for this cluster              (1-20 of a-z, 0-9, '-'); pod devices are named <cluster>-<namespace>-<pod>"
+            "identity.cluster_name = {cluster_name:?}: give a short name for this cluster \
+             (1-20 of a-z, 0-9, '-'); pod devices are named <cluster>-<namespace>-<pod>"
         ));
     }
     if file.namespaces.is_empty() {
         return invalid(
-            "identity.enabled with no [identity.namespaces.<name>]: no pod could ever have an              identity; allow a namespace and its tags"
+            "identity.enabled with no [identity.namespaces.<name>]: no pod could ever have an \
+             identity; allow a namespace and its tags"
                 .to_owned(),
         );
     }
     let key_ttl = Duration::from_secs(file.key_ttl_seconds.unwrap_or(600));
     if !(60..=86_400).contains(&key_ttl.as_secs()) {
         return invalid(format!(
-            "identity.key_ttl_seconds = {}: keys must live 60 s to a day (600 is the default);              they are single-use and only needed while a pod joins",
+            "identity.key_ttl_seconds = {}: keys must live 60 s to a day (600 is the default); \
+             they are single-use and only needed while a pod joins",
             key_ttl.as_secs()
         ));
     }
