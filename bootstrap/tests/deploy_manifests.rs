@@ -371,6 +371,58 @@ fn the_charts_render_with_other_values_passes_kubeconform_and_the_agent() {
 }
 
 #[test]
+fn the_charts_identity_values_render_what_the_agent_runs_identities_with() {
+    let tools = Tools::locate();
+    let (mut values, _) = headscale_dual_stack();
+    values["identity"] = json!({
+        "enabled": true,
+        "clusterName": "home",
+        "namespaces": {
+            "web": {"tags": ["tag:k8s-pod", "tag:web"], "defaultTags": ["tag:k8s-pod"]},
+            "ops": {"tags": ["tag:ops"], "defaultTags": ["tag:ops"]},
+        },
+        "goMemoryLimit": "96MiB",
+    });
+    let rendered = tools.template(&values).expect("render");
+    tools.conform("chart with identities", &rendered, 7);
+    let config = agent_accepts("the chart's identity render", &rendered);
+    let identity = config.identity.expect("identities on");
+    assert_eq!(identity.policy.cluster_name, "home");
+    assert_eq!(
+        identity.policy.namespaces.keys().collect::<Vec<_>>(),
+        ["ops", "web"]
+    );
+    assert_eq!(
+        identity.policy.namespaces["web"].default_tags,
+        ["tag:k8s-pod"]
+    );
+    assert_eq!(
+        identity.tailscaled,
+        Path::new("/usr/local/bin/tailscaled-identity")
+    );
+    assert_eq!(identity.go_memory_limit.as_deref(), Some("96MiB"));
+    assert_eq!(
+        identity.login_server.as_deref(),
+        Some("https://headscale.example.com")
+    );
+    assert!(identity.ephemeral);
+    // The pods' network namespaces, seen as the runtime adds them, and
+    // room for every identity's tailscaled in the agent's cgroup.
+    assert!(
+        rendered.contains(
+            "            - name: netns\n              mountPath: /var/run/netns\n              \
+             mountPropagation: HostToContainer\n"
+        ),
+        "{rendered}"
+    );
+    assert!(rendered.contains("          hostPath:\n            path: /var/run/netns\n"));
+    assert!(rendered.contains("memory: 1Gi"), "{rendered}");
+    // Off (the default): neither the section nor the mount.
+    assert!(!STATIC_MANIFEST.contains("[identity]"));
+    assert!(!STATIC_MANIFEST.contains("netns"));
+}
+
+#[test]
 fn install_settings_render_what_the_chart_renders_and_pass_kubeconform() {
     let tools = Tools::locate();
     for (what, (values, settings)) in [
@@ -424,6 +476,26 @@ fn the_chart_refuses_values_the_agent_would_refuse() {
             "cluster.podCIDRs is empty",
         ),
         (json!({"logFormat": "xml"}), "use json or text"),
+        (
+            json!({"identity": {"enabled": true, "clusterName": "c", "namespaces": {"a": {"tags": []}}}}),
+            "identity.enabled needs approval.control headscale or tailscale",
+        ),
+        (
+            json!({"approval": {"control": "headscale", "url": "https://h.example.com"},
+                   "identity": {"enabled": true, "clusterName": "Home_1", "namespaces": {"a": {}}}}),
+            "identity.clusterName = \"Home_1\"",
+        ),
+        (
+            json!({"approval": {"control": "headscale", "url": "https://h.example.com"},
+                   "identity": {"enabled": true, "clusterName": "home"}}),
+            "no identity.namespaces",
+        ),
+        (
+            json!({"approval": {"control": "headscale", "url": "https://h.example.com"},
+                   "identity": {"enabled": true, "clusterName": "home",
+                                "namespaces": {"web": {"tags": ["tag:web"]}}}}),
+            "identity.namespaces.web needs tags",
+        ),
     ] {
         let err = tools
             .template(&values)
@@ -539,6 +611,24 @@ fn the_containerfile_copies_and_builds_what_the_workspace_has() {
     }
     assert!(text
         .contains("COPY --from=build /out/tailroute-agent /out/tailroute-bridge /usr/local/bin/"));
+    // Per-pod identities: the programs the chart's [identity] section names
+    // are in the image, built by the script the tests build them with.
+    assert!(text
+        .contains("COPY --from=tailscale /out/tailscale /out/tailscaled-identity /usr/local/bin/"));
+    assert!(text.contains("scripts/build-peers.sh tailscale tailscale-identity"));
+    let chart_config =
+        std::fs::read_to_string(root.join("deploy/helm/tailroute/templates/configmap.yaml"))
+            .expect("configmap template");
+    for program in ["tailscaled-identity", "tailscale"] {
+        assert!(
+            chart_config.contains(&format!("\"/usr/local/bin/{program}\"")),
+            "the chart's [identity] does not name /usr/local/bin/{program}"
+        );
+    }
+    assert!(
+        text.contains("iproute2"),
+        "identities need `ip` at run time"
+    );
     // The runtime stage provides what the agent execs.
     assert!(text.contains("nftables"), "the agent needs nft at run time");
     assert!(text.contains("+crt-static"), "the plugin must be static");

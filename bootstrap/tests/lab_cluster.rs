@@ -1477,9 +1477,8 @@ fn a_laptop_and_the_pods_reach_each_other(lab: &CliLab, pods: &[LabPod]) {
     }
 }
 
-/// Deleting Node n3 from the cluster removes its tailnet device from
-/// Headscale within 10 s: the leader agent does it through the API.
-fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
+/// Headscale's devices: (name, tags).
+fn headscale_devices(lab: &CliLab) -> Vec<(String, Vec<String>)> {
     let status = lab.status();
     let config = status["lab"]["headscale_config"]
         .as_str()
@@ -1487,21 +1486,35 @@ fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
         .to_owned();
     let peers =
         tailroute::lab::peers::Peers::locate(&tailroute::lab::peers::cache_root()).expect("peers");
+    let out = Command::new(&peers.headscale)
+        .args(["-c", &config, "nodes", "list", "-o", "json"])
+        .output()
+        .expect("headscale nodes list");
+    let list: Value = serde_json::from_slice(&out.stdout).expect("headscale's JSON");
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let name = n["name"].as_str().unwrap_or_default().to_owned();
+            let mut tags: Vec<String> = n["tags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            tags.sort();
+            (name, tags)
+        })
+        .collect()
+}
+
+/// Deleting Node n3 from the cluster removes its tailnet device from
+/// Headscale within 10 s: the leader agent does it through the API.
+fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
     let devices = || -> Vec<String> {
-        let out = Command::new(&peers.headscale)
-            .args(["-c", &config, "nodes", "list", "-o", "json"])
-            .output()
-            .expect("headscale nodes list");
-        let list: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-        list.as_array()
+        headscale_devices(lab)
             .into_iter()
-            .flatten()
-            .filter_map(|n| {
-                n["name"]
-                    .as_str()
-                    .or(n["given_name"].as_str())
-                    .map(str::to_owned)
-            })
+            .map(|(name, _)| name)
             .collect()
     };
     assert!(devices().contains(&"n3".to_owned()), "{:?}", devices());

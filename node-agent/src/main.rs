@@ -13,10 +13,11 @@ use std::time::Duration;
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::sync::Notify;
 
@@ -150,6 +151,7 @@ async fn run(config: AgentConfig) -> Result<(), String> {
     let reporter = NodeReporter::new(kube.clone(), &config.node_name);
     let departed = DepartedNodes {
         lease: LeaderLease::new(kube.clone(), &config.node_name, config.resync * 3),
+        kube: kube.clone(),
         control: approver.clone(),
         reporter: reporter.clone(),
         metrics: metrics.clone(),
@@ -294,6 +296,7 @@ async fn identity_loop(
 /// The leader's chore: the tailnet devices of deleted Nodes.
 struct DepartedNodes {
     lease: LeaderLease,
+    kube: kube::Client,
     control: Option<Arc<ControlPlane>>,
     reporter: NodeReporter,
     metrics: Arc<Metrics>,
@@ -343,6 +346,58 @@ impl DepartedNodes {
             // The Event is about the deleted Node itself, so it is there
             // even when the leader is that Node's own agent.
             if let Err(e) = self.reporter.event(&node, left_behind, reason, note).await {
+                tracing::warn!(error = %e, "cannot publish an Event");
+            }
+            self.remove_identities_of(&name).await;
+        }
+    }
+
+    /// The tailnet identities of the pods that were on the deleted Node
+    /// `node`, each removed with an Event on its pod. Pod garbage
+    /// collection deletes those pods only after the Node, so they are
+    /// still there to be read.
+    async fn remove_identities_of(&self, node: &str) {
+        let pods: Api<Pod> = Api::all(self.kube.clone());
+        let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+        let pods = match pods.list(&on_node).await {
+            Ok(list) => list.items,
+            Err(e) => {
+                self.metrics.error("kubernetes");
+                tracing::warn!(node, error = %e, "cannot list the deleted Node's pods");
+                return;
+            }
+        };
+        for pod in pods {
+            let addresses = departed::identity_addresses(&pod);
+            if addresses.is_empty() {
+                continue;
+            }
+            let outcome = departed::remove_identity(self.control.as_deref(), &pod).await;
+            let who = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+            let note = outcome.identity_note(node, &who, &addresses);
+            let left_behind = matches!(outcome, departed::Departure::LeftBehind(_));
+            if left_behind {
+                tracing::warn!(node, pod = %who, "{note}");
+            } else {
+                tracing::info!(node, pod = %who, "{note}");
+            }
+            self.metrics
+                .departed_identities
+                .get_or_create(&KindLabel {
+                    kind: outcome.label().to_owned(),
+                })
+                .inc();
+            let reason = if left_behind {
+                "IdentityLeftBehind"
+            } else {
+                "IdentityRemoved"
+            };
+            let reference = pod.object_ref(&());
+            if let Err(e) = self
+                .reporter
+                .event_on(&reference, left_behind, reason, note)
+                .await
+            {
                 tracing::warn!(error = %e, "cannot publish an Event");
             }
         }

@@ -79,6 +79,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Deleted Nodes handled by the leader, by what became of their device.
     pub departed_nodes: Family<KindLabel, Counter>,
+    /// Identities of deleted Nodes' pods handled by the leader, by what
+    /// became of their device.
+    pub departed_identities: Family<KindLabel, Counter>,
     /// Identity pods on this node by state (`ready`, `pending`, `failed`,
     /// `refused`).
     pub identities: Family<KindLabel, Gauge>,
@@ -113,6 +116,7 @@ impl Metrics {
             pod_mtu: Gauge::default(),
             leader: Gauge::default(),
             departed_nodes: Family::default(),
+            departed_identities: Family::default(),
             identities: Family::default(),
             identity_events: Family::default(),
             identity_ready_seconds: Histogram::new([
@@ -195,6 +199,12 @@ impl Metrics {
             "departed_nodes",
             "Deleted Nodes handled by the leader, by what became of their tailnet device",
             metrics.departed_nodes.clone(),
+        );
+        registry.register(
+            "departed_identities",
+            "Tailnet identities of deleted Nodes' pods handled by the leader, by what became \
+             of their device",
+            metrics.departed_identities.clone(),
         );
         registry.register(
             "identities",

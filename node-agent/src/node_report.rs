@@ -175,6 +175,18 @@ impl NodeReporter {
         reason: &str,
         note: String,
     ) -> Result<(), kube::Error> {
+        self.event_on(&node_reference(node), warning, reason, note)
+            .await
+    }
+
+    /// Publishes an Event on any object (a deleted Node's pods, say).
+    pub async fn event_on(
+        &self,
+        reference: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) -> Result<(), kube::Error> {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -186,7 +198,7 @@ impl NodeReporter {
             action: "Reconcile".to_owned(),
             secondary: None,
         };
-        self.recorder.publish(&event, &node_reference(node)).await
+        self.recorder.publish(&event, reference).await
     }
 }
 

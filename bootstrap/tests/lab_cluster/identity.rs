@@ -76,40 +76,193 @@ pub(super) fn identity_pods_are_tailnet_devices_of_their_own(lab: &CliLab) {
     let web = wait_identity_ready(lab, "id-web", applied);
     let plain = wait_identity_ready(lab, "id-plain", applied);
 
+    a_taken_name_is_waited_for(lab);
+
     requested_tags_are_applied_and_others_refused(lab);
     the_laptop_and_the_identity_reach_each_other(lab, &web);
     an_agent_restart_leaves_identities_up_and_adds_no_device(lab, &web);
     deleting_the_pod_removes_its_device_within_10_s(lab, &web);
+    the_name_goes_to_the_waiting_pod_once_free(lab);
     deleting_the_pod_removes_its_device_within_10_s(lab, &plain);
-    the_agents_cleanup_removes_identities(lab);
+    let survivor = a_deleted_nodes_identities_leave_the_tailnet(lab);
+    the_agents_cleanup_removes_identities(lab, &survivor);
 }
 
-/// `tailroute-agent --cleanup` (what `tailroute reset` runs) removes the
-/// node's identities: devices, processes, directories.
-fn the_agents_cleanup_removes_identities(lab: &CliLab) {
-    let applied = Instant::now();
+/// A pod on n2 asks for the name id-web's device holds: it waits, saying
+/// which device holds it, and gets no device (no `-1` suffix).
+fn a_taken_name_is_waited_for(lab: &CliLab) {
     lab.kubectl(
         &["apply", "-f", "-"],
         Some(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: id-last, namespace: default, \
-             annotations: {tailroute.dev/identity: \"true\"}}\nspec:\n  nodeName: n1\n  \
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: id-twin, namespace: default, \
+             annotations: {tailroute.dev/identity: \"true\", \
+             tailroute.dev/identity-hostname: lab-default-id-web}}\nspec:\n  nodeName: n2\n  \
              containers: [{name: web, image: lab/builtin-server}]\n",
         ),
     );
-    wait_identity_ready(lab, "id-last", applied);
-    let status = lab.status();
-    let ns = status["lab"]["nodes"][0]["namespace"].as_str().expect("ns");
-    assert_eq!(status["lab"]["nodes"][0]["name"], "n1");
-    // Restarted by the test above: found by its configuration, not the
-    // lab's record.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let pod: Value =
+            serde_json::from_str(&lab.kubectl(&["get", "pod", "id-twin", "-o", "json"], None))
+                .unwrap_or(Value::Null);
+        let ready = condition(&pod, "tailroute.dev/identity-ready");
+        if ready["reason"] == "IdentityHostnameTaken" {
+            let message = ready["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("already has a device named lab-default-id-web (100.64."),
+                "{message}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "id-twin does not say its name is taken: {ready} {}",
+            lab_agent_logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let names: Vec<String> = headscale_devices(lab).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("lab-default-id-web-")),
+        "{names:?}"
+    );
+}
+
+/// Once id-web's device is gone, the waiting pod gets the name; then it is
+/// deleted, and its device with it.
+fn the_name_goes_to_the_waiting_pod_once_free(lab: &CliLab) {
+    let freed = Instant::now();
+    let deadline = freed + Duration::from_secs(30);
+    loop {
+        let pod: Value =
+            serde_json::from_str(&lab.kubectl(&["get", "pod", "id-twin", "-o", "json"], None))
+                .unwrap_or(Value::Null);
+        if condition(&pod, "tailroute.dev/identity-ready")["status"] == "True" {
+            assert_eq!(
+                pod["metadata"]["annotations"]["tailroute.dev/identity-name"],
+                "lab-default-id-web"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "id-twin has no identity 30 s after the name was freed: {}",
+            lab_agent_logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    record_figure(&format!(
+        "identity: a pod waiting for a taken name joined {:.1} s after it was freed",
+        freed.elapsed().as_secs_f64()
+    ));
+    let running = identity_tailscaleds(lab).len();
+    lab.kubectl(&["delete", "pod", "id-twin", "--wait=false"], None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while headscale_devices(lab)
+        .iter()
+        .any(|(n, _)| n == "lab-default-id-web")
+        || identity_tailscaleds(lab).len() + 1 != running
+    {
+        assert!(
+            Instant::now() < deadline,
+            "id-twin's device or tailscaled is still there: {:?} {}",
+            identity_tailscaleds(lab),
+            lab_agent_logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node lost for good: its agent is gone (stopped here), its identity's
+/// tailscaled still holds the device online (as on a machine cut off from
+/// the cluster but not from the tailnet), and the Node is deleted. The
+/// leader removes the identity's device within 10 s, with an Event on the
+/// pod. The lost node is the one not leading; returns the other.
+fn a_deleted_nodes_identities_leave_the_tailnet(lab: &CliLab) -> String {
+    let lease: Value = serde_json::from_str(&lab.kubectl(
+        &[
+            "get",
+            "lease",
+            "-n",
+            "kube-system",
+            "tailroute-agent-leader",
+            "-o",
+            "json",
+        ],
+        None,
+    ))
+    .expect("the leader Lease");
+    let leader = lease["spec"]["holderIdentity"]
+        .as_str()
+        .expect("a holder")
+        .to_owned();
+    let lost = if leader == "n1" { "n2" } else { "n1" };
+    let applied = Instant::now();
+    lab.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: id-lost, namespace: default, \
+             annotations: {{tailroute.dev/identity: \"true\"}}}}\nspec:\n  nodeName: {lost}\n  \
+             containers: [{{name: web, image: lab/builtin-server}}]\n"
+        )),
+    );
+    wait_identity_ready(lab, "id-lost", applied);
+    let device = "lab-default-id-lost";
+    stop_agent(lab, lost);
+    assert!(headscale_devices(lab).iter().any(|(n, _)| n == device));
+    let started = Instant::now();
+    lab.kubectl(&["delete", "node", lost, "--wait=false"], None);
+    while headscale_devices(lab).iter().any(|(n, _)| n == device) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{device} is still on the tailnet 10 s after Node {lost} was deleted: {}",
+            lab_agent_logs(lab)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let gone = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = lab.kubectl(
+            &[
+                "get",
+                "events",
+                "--field-selector=reason=IdentityRemoved,regarding.name=id-lost",
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        let said = format!(
+            "Node {lost} was deleted: removed pod default/id-lost's tailnet identity {device}"
+        );
+        if events.contains(&said) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no {said:?} Event: {events}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    record_figure(&format!(
+        "identity: {device} gone from Headscale {:.1} s after kubectl delete node {lost} \
+         (its agent stopped, its tailscaled still online)",
+        gone.as_secs_f64()
+    ));
+    leader
+}
+
+/// Stops `node`'s agent, wherever it was (re)started from: found by its
+/// configuration, not the lab's record.
+fn stop_agent(lab: &CliLab, node: &str) -> Vec<String> {
     let config = format!(
         "--config={}",
-        lab.state_dir.join("nodes/n1/agent/agent.toml").display()
+        lab.state_dir
+            .join(format!("nodes/{node}/agent/agent.toml"))
+            .display()
     );
     let agent = tailroute::lab::bench::pids_running("tailroute-agent", &config)
         .into_iter()
         .next()
-        .expect("n1's agent runs");
+        .unwrap_or_else(|| panic!("{node}'s agent runs"));
     let argv = std::fs::read(format!("/proc/{agent}/cmdline")).expect("cmdline");
     let argv: Vec<String> = argv
         .split(|b| *b == 0)
@@ -119,8 +272,35 @@ fn the_agents_cleanup_removes_identities(lab: &CliLab) {
     let id = tailroute::lab::process::ProcessId::of(i32::try_from(agent).expect("pid"))
         .expect("running");
     tailroute::lab::process::stop(&id, Duration::from_secs(10)).expect("stop the agent");
+    argv
+}
+
+/// `tailroute-agent --cleanup` (what `tailroute reset` runs) removes the
+/// node's identities: devices, processes, directories.
+fn the_agents_cleanup_removes_identities(lab: &CliLab, node: &str) {
+    let applied = Instant::now();
+    lab.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: id-last, namespace: default, \
+             annotations: {{tailroute.dev/identity: \"true\"}}}}\nspec:\n  nodeName: {node}\n  \
+             containers: [{{name: web, image: lab/builtin-server}}]\n"
+        )),
+    );
+    wait_identity_ready(lab, "id-last", applied);
+    let status = lab.status();
+    let ns = status["lab"]["nodes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["name"] == node)
+        .and_then(|n| n["namespace"].as_str())
+        .expect("the node's namespace")
+        .to_owned();
+    // Restarted by the test above: found by its configuration.
+    let argv = stop_agent(lab, node);
     let out = Command::new("ip")
-        .args(["netns", "exec", ns])
+        .args(["netns", "exec", &ns])
         .args(&argv)
         .arg("--cleanup")
         .output()
@@ -138,11 +318,14 @@ fn the_agents_cleanup_removes_identities(lab: &CliLab) {
         "{:?}",
         headscale_devices(lab)
     );
-    assert!(
-        identity_tailscaleds(lab).is_empty(),
-        "{:?}",
-        identity_tailscaleds(lab)
-    );
+    // The lost node's identity, logged out by the leader, is no longer
+    // anybody's to stop.
+    let mine = format!("/nodes/{node}/");
+    let left: Vec<_> = identity_tailscaleds(lab)
+        .into_iter()
+        .filter(|(_, dir)| dir.contains(&mine))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// Waits for the pod's `tailroute.dev/identity-ready` condition, then
@@ -229,37 +412,6 @@ fn lab_agent_logs(lab: &CliLab) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Headscale's devices: (name, tags).
-fn headscale_devices(lab: &CliLab) -> Vec<(String, Vec<String>)> {
-    let status = lab.status();
-    let config = status["lab"]["headscale_config"]
-        .as_str()
-        .expect("config")
-        .to_owned();
-    let peers =
-        tailroute::lab::peers::Peers::locate(&tailroute::lab::peers::cache_root()).expect("peers");
-    let out = Command::new(&peers.headscale)
-        .args(["-c", &config, "nodes", "list", "-o", "json"])
-        .output()
-        .expect("headscale nodes list");
-    let list: Value = serde_json::from_slice(&out.stdout).expect("headscale's JSON");
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .map(|n| {
-            let name = n["name"].as_str().unwrap_or_default().to_owned();
-            let mut tags: Vec<String> = n["tags"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|t| t.as_str().map(str::to_owned))
-                .collect();
-            tags.sort();
-            (name, tags)
-        })
-        .collect()
 }
 
 /// The tags asked for are the device's; a tag outside the namespace's

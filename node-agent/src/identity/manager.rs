@@ -29,7 +29,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::config::{AgentConfig, IdentityConfig};
-use crate::control::{AuthKeyRequest, ControlPlane};
+use crate::control::{AuthKeyRequest, ControlPlane, Device};
 use crate::localapi::{BackendState, LocalApiClient, Status};
 use crate::metrics::{KindLabel, Metrics};
 
@@ -52,6 +52,47 @@ const LOCALAPI_WAIT: Duration = Duration::from_secs(15);
 const JOIN_WAIT: Duration = Duration::from_secs(60);
 /// SIGTERM to SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The reason for a name another device holds.
+const HOSTNAME_TAKEN: &str = "IdentityHostnameTaken";
+
+/// Why an identity is not up: the condition's and the Event's reason, and
+/// what to tell the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Problem {
+    reason: &'static str,
+    message: String,
+}
+
+impl From<String> for Problem {
+    /// A step that failed: `IdentityFailed`, the message naming the step.
+    fn from(message: String) -> Problem {
+        Problem {
+            reason: "IdentityFailed",
+            message,
+        }
+    }
+}
+
+/// The device, other than this identity's own (`own`: its recorded device
+/// id and its tailscaled's node key), whose name on the tailnet is
+/// `hostname`: Headscale's given name, or the first label of Tailscale's
+/// MagicDNS name.
+fn name_holder<'a>(
+    devices: &'a [Device],
+    hostname: &str,
+    own: (Option<&str>, Option<&str>),
+) -> Option<&'a Device> {
+    let (own_id, own_key) = own;
+    devices.iter().find(|d| {
+        Some(d.id.as_str()) != own_id
+            && Some(d.node_key.as_str()) != own_key
+            && d.name
+                .split('.')
+                .next()
+                .is_some_and(|label| label.eq_ignore_ascii_case(hostname))
+    })
+}
 
 /// What one pass found, for the metrics and the loop's pacing.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -270,7 +311,14 @@ impl IdentityManager {
     ) {
         let started = Instant::now();
         let result = self.ensure(&pod, &grant, &netns, &link, existing).await;
-        self.note_result(&pod.uid, result.is_ok());
+        // A taken name is waited for (it frees up when its holder goes),
+        // so it is looked at again every 4 s at most, not every 64 s.
+        let patience = match &result {
+            Ok(_) => None,
+            Err(problem) if problem.reason == HOSTNAME_TAKEN => Some(2),
+            Err(_) => Some(6),
+        };
+        self.note_result(&pod.uid, patience);
         match result {
             Ok(joined) => {
                 if joined.fresh {
@@ -287,12 +335,12 @@ impl IdentityManager {
                     self.report_ready(obj, &joined.record).await;
                 }
             }
-            Err(message) => {
-                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), "{message}");
+            Err(Problem { reason, message }) => {
+                tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), reason, "{message}");
                 self.count("failed");
                 self.set_state(&pod.uid, State::Failed, true);
                 if let Some(obj) = &obj {
-                    self.report_problem(obj, "IdentityFailed", &message).await;
+                    self.report_problem(obj, reason, &message).await;
                 }
             }
         }
@@ -376,7 +424,7 @@ impl IdentityManager {
         netns: &Path,
         link: &(String, String),
         existing: Option<Instance>,
-    ) -> Result<Joined, String> {
+    ) -> Result<Joined, Problem> {
         let fail = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
         let mut instance = match existing {
             Some(instance) => instance,
@@ -453,7 +501,12 @@ impl IdentityManager {
         let localapi = LocalApiClient::new(instance.socket()).with_timeout(Duration::from_secs(5));
         let status = self.first_status(&localapi, &instance).await?;
         if needs_login(&status.backend_state) {
-            self.join(&instance, grant).await?;
+            let node_key = status
+                .self_node
+                .as_ref()
+                .map(|s| s.public_key.as_str())
+                .filter(|k| !k.is_empty());
+            self.join(&instance, grant, node_key).await?;
             self.count("joined");
             fresh = true;
         }
@@ -511,8 +564,37 @@ impl IdentityManager {
         }
     }
 
-    /// Mints a single-use key for the grant and runs `tailscale up` with it.
-    async fn join(&self, instance: &Instance, grant: &Grant) -> Result<(), String> {
+    /// Mints a single-use key for the grant and runs `tailscale up` with it,
+    /// unless another device holds the name: the control plane would give
+    /// this one a suffixed name (`web-1`), not the one asked for. A name
+    /// held by the device of a pod being replaced (a StatefulSet's) frees
+    /// up within seconds, so this is retried with the usual backoff.
+    async fn join(
+        &self,
+        instance: &Instance,
+        grant: &Grant,
+        node_key: Option<&str>,
+    ) -> Result<(), Problem> {
+        let devices = self
+            .control
+            .list_devices()
+            .await
+            .map_err(|e| format!("cannot list the tailnet's devices to check the name: {e}"))?;
+        let own = (instance.record.device_id.as_deref(), node_key);
+        if let Some(holder) = name_holder(&devices, &grant.hostname, own) {
+            let addresses: Vec<String> = holder.addresses.iter().map(ToString::to_string).collect();
+            return Err(Problem {
+                reason: HOSTNAME_TAKEN,
+                message: format!(
+                    "the tailnet already has a device named {} ({}, id {}); this pod joins once \
+                     it is gone. Give the pod another tailroute.dev/identity-hostname, or \
+                     remove that device if it is a leftover",
+                    grant.hostname,
+                    addresses.join(", "),
+                    holder.id
+                ),
+            });
+        }
         let mut description = format!(
             "tailroute {}/{}",
             instance.record.namespace, instance.record.name
@@ -565,20 +647,25 @@ impl IdentityManager {
                 return Err(format!(
                     "cannot run {}: {e} (identity.tailscale in the agent's configuration)",
                     self.config.tailscale.display()
-                ))
+                )
+                .into())
             }
-            Err(_) => return Err("`tailscale up` for the pod did not finish".to_owned()),
+            Err(_) => {
+                return Err("`tailscale up` for the pod did not finish"
+                    .to_owned()
+                    .into())
+            }
         };
         if output.status.success() {
             return Ok(());
         }
         let said = String::from_utf8_lossy(&output.stderr);
         let said = key.key.scrub(said.trim());
-        Err(format!(
+        Err(Problem::from(format!(
             "`tailscale up` for the pod failed: {said}; the key carried tags {} (they must be \
              in the policy's tagOwners, owned by the agent's credential)",
             grant.tags.join(",")
-        ))
+        )))
     }
 
     /// Removes the device from the control plane, stops tailscaled and
@@ -761,15 +848,16 @@ impl IdentityManager {
             .unwrap_or(false)
     }
 
-    /// Doubles the wait after each failure in a row (1 s to 64 s).
-    fn note_result(&self, uid: &str, ok: bool) {
+    /// Doubles the wait after each failure in a row, from 2 s up to
+    /// `2^failed` s; `failed` is `None` after a success.
+    fn note_result(&self, uid: &str, failed: Option<u32>) {
         if let Ok(mut backoff) = self.backoff.lock() {
-            if ok {
-                backoff.remove(uid);
-            } else {
+            if let Some(most) = failed {
                 let failures = backoff.get(uid).map_or(0, |(n, _)| *n) + 1;
-                let wait = Duration::from_secs(1 << failures.min(6));
+                let wait = Duration::from_secs(1 << failures.min(most));
                 backoff.insert(uid.to_owned(), (failures, Instant::now() + wait));
+            } else {
+                backoff.remove(uid);
             }
         }
     }
@@ -901,4 +989,43 @@ fn conflist_mtu(path: &Path) -> Option<u32> {
     conflist["plugins"][0]["mtu"]
         .as_u64()
         .and_then(|m| u32::try_from(m).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(id: &str, name: &str, node_key: &str) -> Device {
+        Device {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            hostname: String::new(),
+            node_key: node_key.to_owned(),
+            addresses: Vec::new(),
+            tags: Vec::new(),
+            advertised_routes: Vec::new(),
+            approved_routes: Vec::new(),
+            online: None,
+        }
+    }
+
+    #[test]
+    fn a_name_is_held_by_another_device_not_by_this_identitys_own() {
+        let devices = [
+            device("1", "prod-default-web", "nodekey:aa"),
+            device("n2", "db.tail1234.ts.net", "nodekey:bb"),
+        ];
+        // Headscale's given name, and the first label of a MagicDNS name.
+        let held = |name, own| name_holder(&devices, name, own).map(|d| d.id.clone());
+        assert_eq!(held("prod-default-web", (None, None)), Some("1".into()));
+        assert_eq!(held("DB", (None, None)), Some("n2".into()));
+        assert_eq!(held("tail1234", (None, None)), None);
+        // Its own device, by recorded id or by its tailscaled's node key.
+        assert_eq!(held("prod-default-web", (Some("1"), None)), None);
+        assert_eq!(held("prod-default-web", (None, Some("nodekey:aa"))), None);
+        assert_eq!(
+            held("db", (Some("1"), Some("nodekey:aa"))),
+            Some("n2".into())
+        );
+    }
 }

@@ -41,6 +41,24 @@ api-key
 {{- if not .Values.cluster.podCIDRs -}}
 {{- fail "cluster.podCIDRs is empty: set kubeadm's --pod-network-cidr, e.g. [10.244.0.0/16]" -}}
 {{- end -}}
+{{- with .Values.identity -}}
+{{- if .enabled -}}
+{{- if eq $control "none" -}}
+{{- fail "identity.enabled needs approval.control headscale or tailscale: the agent mints a key per pod through that API" -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z0-9-]{1,20}$" .clusterName) -}}
+{{- fail (printf "identity.clusterName = %q: give a short name for this cluster (1-20 of a-z, 0-9, '-'); pod devices are named <cluster>-<namespace>-<pod>" .clusterName) -}}
+{{- end -}}
+{{- if not .namespaces -}}
+{{- fail "identity.enabled with no identity.namespaces: no pod could ever have an identity; allow a namespace and its tags" -}}
+{{- end -}}
+{{- range $name, $allowance := .namespaces -}}
+{{- if not (and $allowance $allowance.tags $allowance.defaultTags) -}}
+{{- fail (printf "identity.namespaces.%s needs tags (those its pods may ask for) and defaultTags (those a pod gets when it asks for none)" $name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if not (has .Values.logFormat (list "json" "text")) -}}
 {{- fail (printf "logFormat = %q: use json or text" .Values.logFormat) -}}
 {{- end -}}
