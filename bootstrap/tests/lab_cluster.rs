@@ -1508,6 +1508,32 @@ fn headscale_devices(lab: &CliLab) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// Waits up to 10 s for an Event matching the field `selector` whose JSON
+/// contains `text`.
+fn wait_event(lab: &CliLab, selector: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let events = lab.kubectl(
+            &[
+                "get",
+                "events",
+                &format!("--field-selector={selector}"),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        if events.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Event {selector} saying {text:?}: {events}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Deleting Node n3 from the cluster removes its tailnet device from
 /// Headscale within 10 s: the leader agent does it through the API.
 fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
@@ -1536,25 +1562,9 @@ fn a_deleted_node_leaves_no_ghost_device(lab: &CliLab) {
         started.elapsed().as_secs_f64()
     );
     // The leader publishes its Event right after the deletion went through.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let events = lab.kubectl(
-            &[
-                "get",
-                "events",
-                "--field-selector=reason=TailnetDeviceRemoved",
-                "-o",
-                "json",
-            ],
-            None,
-        );
-        if events.contains("Node n3 was deleted: removed its tailnet device") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no TailnetDeviceRemoved Event: {events}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_event(
+        lab,
+        "reason=TailnetDeviceRemoved",
+        "Node n3 was deleted: removed its tailnet device",
+    );
 }

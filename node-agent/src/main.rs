@@ -12,12 +12,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Pod};
 use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::sync::mpsc;
 use tokio::sync::Notify;
 
@@ -33,7 +35,7 @@ use tailroute_agent::leader::LeaderLease;
 use tailroute_agent::localapi::{LocalApiClient, WatchMask};
 use tailroute_agent::metrics::{KindLabel, Metrics};
 use tailroute_agent::node_network::{KernelNetwork, NodeNetwork};
-use tailroute_agent::node_report::NodeReporter;
+use tailroute_agent::node_report::{node_reference, NodeReporter};
 use tailroute_agent::reconcile::{ClusterView, Reconciler};
 use tailroute_agent::route_ledger::RouteLedger;
 
@@ -293,6 +295,15 @@ async fn identity_loop(
     }
 }
 
+/// Where the outcome of a departure goes: the object its Event is about,
+/// the Event's reason when the device was removed and when it was left
+/// behind, and the counter by outcome.
+struct Told<'a> {
+    about: ObjectReference,
+    reasons: (&'static str, &'static str),
+    counter: &'a Family<KindLabel, Counter>,
+}
+
 /// The leader's chore: the tailnet devices of deleted Nodes.
 struct DepartedNodes {
     lease: LeaderLease,
@@ -326,29 +337,42 @@ impl DepartedNodes {
             }
             let outcome = departed::clean_up(self.control.as_deref(), &node).await;
             let note = outcome.note(&name, &departed::tailnet_addresses(&node));
-            let left_behind = matches!(outcome, departed::Departure::LeftBehind(_));
-            if left_behind {
-                tracing::warn!(node = %name, "{note}");
-            } else {
-                tracing::info!(node = %name, "{note}");
-            }
-            self.metrics
-                .departed_nodes
-                .get_or_create(&KindLabel {
-                    kind: outcome.label().to_owned(),
-                })
-                .inc();
-            let reason = if left_behind {
-                "TailnetDeviceLeftBehind"
-            } else {
-                "TailnetDeviceRemoved"
-            };
             // The Event is about the deleted Node itself, so it is there
             // even when the leader is that Node's own agent.
-            if let Err(e) = self.reporter.event(&node, left_behind, reason, note).await {
-                tracing::warn!(error = %e, "cannot publish an Event");
-            }
+            let tell = Told {
+                about: node_reference(&node),
+                reasons: ("TailnetDeviceRemoved", "TailnetDeviceLeftBehind"),
+                counter: &self.metrics.departed_nodes,
+            };
+            self.tell(tell, &outcome, note).await;
             self.remove_identities_of(&name).await;
+        }
+    }
+
+    /// Logs, counts and publishes what became of a departed device.
+    async fn tell(&self, told: Told<'_>, outcome: &departed::Departure, note: String) {
+        let left_behind = matches!(outcome, departed::Departure::LeftBehind(_));
+        if left_behind {
+            tracing::warn!("{note}");
+        } else {
+            tracing::info!("{note}");
+        }
+        told.counter
+            .get_or_create(&KindLabel {
+                kind: outcome.label().to_owned(),
+            })
+            .inc();
+        let reason = if left_behind {
+            told.reasons.1
+        } else {
+            told.reasons.0
+        };
+        if let Err(e) = self
+            .reporter
+            .event_on(&told.about, left_behind, reason, note)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish an Event");
         }
     }
 
@@ -374,32 +398,13 @@ impl DepartedNodes {
             }
             let outcome = departed::remove_identity(self.control.as_deref(), &pod).await;
             let who = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-            let note = outcome.identity_note(node, &who, &addresses);
-            let left_behind = matches!(outcome, departed::Departure::LeftBehind(_));
-            if left_behind {
-                tracing::warn!(node, pod = %who, "{note}");
-            } else {
-                tracing::info!(node, pod = %who, "{note}");
-            }
-            self.metrics
-                .departed_identities
-                .get_or_create(&KindLabel {
-                    kind: outcome.label().to_owned(),
-                })
-                .inc();
-            let reason = if left_behind {
-                "IdentityLeftBehind"
-            } else {
-                "IdentityRemoved"
+            let tell = Told {
+                about: pod.object_ref(&()),
+                reasons: ("IdentityRemoved", "IdentityLeftBehind"),
+                counter: &self.metrics.departed_identities,
             };
-            let reference = pod.object_ref(&());
-            if let Err(e) = self
-                .reporter
-                .event_on(&reference, left_behind, reason, note)
-                .await
-            {
-                tracing::warn!(error = %e, "cannot publish an Event");
-            }
+            let note = outcome.identity_note(node, &who, &addresses);
+            self.tell(tell, &outcome, note).await;
         }
     }
 }

@@ -88,39 +88,37 @@ pub(super) fn identity_pods_are_tailnet_devices_of_their_own(lab: &CliLab) {
     the_agents_cleanup_removes_identities(lab, &survivor);
 }
 
+/// Creates pod `name` in `default` on `node`, asking for an identity, with
+/// `more` annotations (`, key: value` each).
+fn apply_identity_pod(lab: &CliLab, name: &str, node: &str, more: &str) {
+    lab.kubectl(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, \
+             annotations: {{tailroute.dev/identity: \"true\"{more}}}}}\nspec:\n  \
+             nodeName: {node}\n  containers: [{{name: web, image: lab/builtin-server}}]\n"
+        )),
+    );
+}
+
 /// A pod on n2 asks for the name id-web's device holds: it waits, saying
 /// which device holds it, and gets no device (no `-1` suffix).
 fn a_taken_name_is_waited_for(lab: &CliLab) {
-    lab.kubectl(
-        &["apply", "-f", "-"],
-        Some(
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: id-twin, namespace: default, \
-             annotations: {tailroute.dev/identity: \"true\", \
-             tailroute.dev/identity-hostname: lab-default-id-web}}\nspec:\n  nodeName: n2\n  \
-             containers: [{name: web, image: lab/builtin-server}]\n",
-        ),
+    apply_identity_pod(
+        lab,
+        "id-twin",
+        "n2",
+        ", tailroute.dev/identity-hostname: lab-default-id-web",
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let pod: Value =
-            serde_json::from_str(&lab.kubectl(&["get", "pod", "id-twin", "-o", "json"], None))
-                .unwrap_or(Value::Null);
-        let ready = condition(&pod, "tailroute.dev/identity-ready");
-        if ready["reason"] == "IdentityHostnameTaken" {
-            let message = ready["message"].as_str().unwrap_or_default();
-            assert!(
-                message.contains("already has a device named lab-default-id-web (100.64."),
-                "{message}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "id-twin does not say its name is taken: {ready} {}",
-            lab_agent_logs(lab)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let pod = wait_pod(lab, "id-twin", "to say its name is taken", |pod| {
+        condition(pod, "tailroute.dev/identity-ready")["reason"] == "IdentityHostnameTaken"
+    });
+    let ready = condition(&pod, "tailroute.dev/identity-ready");
+    let message = ready["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("already has a device named lab-default-id-web (100.64."),
+        "{message}"
+    );
     let names: Vec<String> = headscale_devices(lab).into_iter().map(|(n, _)| n).collect();
     assert!(
         !names.iter().any(|n| n.starts_with("lab-default-id-web-")),
@@ -128,29 +126,37 @@ fn a_taken_name_is_waited_for(lab: &CliLab) {
     );
 }
 
-/// Once id-web's device is gone, the waiting pod gets the name; then it is
-/// deleted, and its device with it.
-fn the_name_goes_to_the_waiting_pod_once_free(lab: &CliLab) {
-    let freed = Instant::now();
-    let deadline = freed + Duration::from_secs(30);
+/// Polls pod `name` for up to 30 s until `done` holds; returns it.
+fn wait_pod(lab: &CliLab, name: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let pod: Value =
-            serde_json::from_str(&lab.kubectl(&["get", "pod", "id-twin", "-o", "json"], None))
+            serde_json::from_str(&lab.kubectl(&["get", "pod", name, "-o", "json"], None))
                 .unwrap_or(Value::Null);
-        if condition(&pod, "tailroute.dev/identity-ready")["status"] == "True" {
-            assert_eq!(
-                pod["metadata"]["annotations"]["tailroute.dev/identity-name"],
-                "lab-default-id-web"
-            );
-            break;
+        if done(&pod) {
+            return pod;
         }
         assert!(
             Instant::now() < deadline,
-            "id-twin has no identity 30 s after the name was freed: {}",
+            "{name} waited 30 s {what}: {} {}",
+            pod["status"],
             lab_agent_logs(lab)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Once id-web's device is gone, the waiting pod gets the name; then it is
+/// deleted, and its device with it.
+fn the_name_goes_to_the_waiting_pod_once_free(lab: &CliLab) {
+    let freed = Instant::now();
+    let pod = wait_pod(lab, "id-twin", "to join once the name is free", |pod| {
+        condition(pod, "tailroute.dev/identity-ready")["status"] == "True"
+    });
+    assert_eq!(
+        pod["metadata"]["annotations"]["tailroute.dev/identity-name"],
+        "lab-default-id-web"
+    );
     record_figure(&format!(
         "identity: a pod waiting for a taken name joined {:.1} s after it was freed",
         freed.elapsed().as_secs_f64()
@@ -198,14 +204,7 @@ fn a_deleted_nodes_identities_leave_the_tailnet(lab: &CliLab) -> String {
         .to_owned();
     let lost = if leader == "n1" { "n2" } else { "n1" };
     let applied = Instant::now();
-    lab.kubectl(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: id-lost, namespace: default, \
-             annotations: {{tailroute.dev/identity: \"true\"}}}}\nspec:\n  nodeName: {lost}\n  \
-             containers: [{{name: web, image: lab/builtin-server}}]\n"
-        )),
-    );
+    apply_identity_pod(lab, "id-lost", lost, "");
     wait_identity_ready(lab, "id-lost", applied);
     let device = "lab-default-id-lost";
     stop_agent(lab, lost);
@@ -221,27 +220,13 @@ fn a_deleted_nodes_identities_leave_the_tailnet(lab: &CliLab) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
     let gone = started.elapsed();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let events = lab.kubectl(
-            &[
-                "get",
-                "events",
-                "--field-selector=reason=IdentityRemoved,regarding.name=id-lost",
-                "-o",
-                "json",
-            ],
-            None,
-        );
-        let said = format!(
+    wait_event(
+        lab,
+        "reason=IdentityRemoved,regarding.name=id-lost",
+        &format!(
             "Node {lost} was deleted: removed pod default/id-lost's tailnet identity {device}"
-        );
-        if events.contains(&said) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no {said:?} Event: {events}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        ),
+    );
     record_figure(&format!(
         "identity: {device} gone from Headscale {:.1} s after kubectl delete node {lost} \
          (its agent stopped, its tailscaled still online)",
@@ -279,14 +264,7 @@ fn stop_agent(lab: &CliLab, node: &str) -> Vec<String> {
 /// node's identities: devices, processes, directories.
 fn the_agents_cleanup_removes_identities(lab: &CliLab, node: &str) {
     let applied = Instant::now();
-    lab.kubectl(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: id-last, namespace: default, \
-             annotations: {{tailroute.dev/identity: \"true\"}}}}\nspec:\n  nodeName: {node}\n  \
-             containers: [{{name: web, image: lab/builtin-server}}]\n"
-        )),
-    );
+    apply_identity_pod(lab, "id-last", node, "");
     wait_identity_ready(lab, "id-last", applied);
     let status = lab.status();
     let ns = status["lab"]["nodes"]
