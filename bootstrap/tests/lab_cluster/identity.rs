@@ -222,7 +222,7 @@ fn a_deleted_nodes_identities_leave_the_tailnet(lab: &CliLab) -> String {
     let gone = started.elapsed();
     wait_event(
         lab,
-        "reason=IdentityRemoved,regarding.name=id-lost",
+        "reason=IdentityRemoved,involvedObject.name=id-lost",
         &format!(
             "Node {lost} was deleted: removed pod default/id-lost's tailnet identity {device}"
         ),
