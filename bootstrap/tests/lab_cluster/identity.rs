@@ -80,6 +80,7 @@ pub(super) fn identity_pods_are_tailnet_devices_of_their_own(lab: &CliLab) {
 
     requested_tags_are_applied_and_others_refused(lab);
     the_laptop_and_the_identity_reach_each_other(lab, &web);
+    an_identity_pod_streams_to_a_pod_on_another_node(lab, &web, &plain);
     an_agent_restart_leaves_identities_up_and_adds_no_device(lab, &web);
     deleting_the_pod_removes_its_device_within_10_s(lab, &web);
     the_name_goes_to_the_waiting_pod_once_free(lab);
@@ -506,15 +507,50 @@ fn the_laptop_and_the_identity_reach_each_other(lab: &CliLab, pod: &IdentityPod)
             "identity: laptop {laptop_ip} <-> {} {pod_ip}, each seeing the other's tailnet address",
             pod.name
         );
-        bulk_stream(&pod.netns, laptop_ns, laptop_ip);
+        let took = bulk_stream(&pod.netns, laptop_ns, laptop_ip);
+        println!(
+            "identity: 8 MiB pod -> laptop {laptop_ip} through the identity in {:.2} s",
+            took.as_secs_f64()
+        );
     }
 }
 
-/// 8 MiB from the pod to the laptop through the identity within 20 s: the
-/// identity's WireGuard packets must fit in the pod's interface (an
-/// identity tailscale0 as large as the pod's MTU stalls every bulk
-/// transfer while small messages still pass).
-fn bulk_stream(pod_ns: &str, laptop_ns: &str, laptop_ip: IpAddr) {
+/// An identity pod's larger interface (the pods' MTU + 80) must not hurt
+/// its plain pod traffic: 8 MiB from id-web on n1 to id-plain's pod
+/// address on n2, through the nodes' routes and tailscale0 (1280), per
+/// family. The node's MSS clamp is what keeps the segments small enough.
+fn an_identity_pod_streams_to_a_pod_on_another_node(
+    lab: &CliLab,
+    from: &IdentityPod,
+    to: &IdentityPod,
+) {
+    let pod: Value =
+        serde_json::from_str(&lab.kubectl(&["get", "pod", to.name, "-o", "json"], None))
+            .expect("pod JSON");
+    let pod_ips: Vec<IpAddr> = pod["status"]["podIPs"]
+        .as_array()
+        .expect("podIPs")
+        .iter()
+        .filter_map(|ip| ip["ip"].as_str()?.parse().ok())
+        .collect();
+    assert_eq!(pod_ips.len(), 2, "dual-stack: {pod_ips:?}");
+    for ip in pod_ips {
+        let took = bulk_stream(&from.netns, &to.netns, ip);
+        record_figure(&format!(
+            "identity: 8 MiB {} (n1) -> {} pod address {ip} (n2) in {:.2} s",
+            from.name,
+            to.name,
+            took.as_secs_f64()
+        ));
+    }
+}
+
+/// 8 MiB from namespace `pod_ns` to a listener at `laptop_ip` in
+/// `laptop_ns` within 20 s; returns how long it took. Through an identity,
+/// its WireGuard packets must fit in the pod's interface (an identity
+/// tailscale0 as large as the pod's MTU stalls every bulk transfer while
+/// small messages still pass).
+fn bulk_stream(pod_ns: &str, laptop_ns: &str, laptop_ip: IpAddr) -> Duration {
     use std::io::{Read, Write};
     const SIZE: usize = 8 << 20;
     let listener = common::in_netns(laptop_ns, || {
@@ -546,10 +582,7 @@ fn bulk_stream(pod_ns: &str, laptop_ns: &str, laptop_ip: IpAddr) {
     stream.write_all(&vec![5u8; SIZE]).expect("send 8 MiB");
     drop(stream);
     assert_eq!(reader.join().expect("reader"), SIZE);
-    println!(
-        "identity: 8 MiB pod -> laptop {laptop_ip} through the identity in {:.2} s",
-        started.elapsed().as_secs_f64()
-    );
+    started.elapsed()
 }
 
 /// Killing and restarting both agents while the laptop talks to the pod
