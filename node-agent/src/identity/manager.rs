@@ -337,8 +337,12 @@ impl IdentityManager {
             }
             Err(Problem { reason, message }) => {
                 tracing::warn!(pod = %format!("{}/{}", pod.namespace, pod.name), reason, "{message}");
-                self.count("failed");
-                self.set_state(&pod.uid, State::Failed, true);
+                if reason == HOSTNAME_TAKEN {
+                    self.set_state(&pod.uid, State::Pending, true);
+                } else {
+                    self.count("failed");
+                    self.set_state(&pod.uid, State::Failed, true);
+                }
                 if let Some(obj) = &obj {
                     self.report_problem(obj, reason, &message).await;
                 }
@@ -568,7 +572,8 @@ impl IdentityManager {
     /// unless another device holds the name: the control plane would give
     /// this one a suffixed name (`web-1`), not the one asked for. A name
     /// held by the device of a pod being replaced (a StatefulSet's) frees
-    /// up within seconds, so this is retried with the usual backoff.
+    /// up within seconds, so the pod waits (pending, not failed) and this
+    /// is looked at again within 4 s.
     async fn join(
         &self,
         instance: &Instance,
